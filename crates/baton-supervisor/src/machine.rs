@@ -364,7 +364,10 @@ pub struct Machine {
 impl Machine {
     /// A machine with no generation yet; feed it [`Event::Start`].
     pub fn new(settings: Settings) -> Self {
-        assert!(settings.max_draining >= 1, "max_draining must be at least 1");
+        assert!(
+            settings.max_draining >= 1,
+            "max_draining must be at least 1"
+        );
         Machine {
             settings,
             generations: BTreeMap::new(),
@@ -528,7 +531,12 @@ impl Machine {
         self.run_pending_reload(out);
     }
 
-    fn on_leader_exited(&mut self, generation: Generation, status: ExitStatus, out: &mut Vec<Action>) {
+    fn on_leader_exited(
+        &mut self,
+        generation: Generation,
+        status: ExitStatus,
+        out: &mut Vec<Action>,
+    ) {
         let Some(state) = self.generations.get_mut(&generation) else {
             return;
         };

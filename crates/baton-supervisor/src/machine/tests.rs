@@ -303,7 +303,10 @@ fn a_new_generation_that_misses_its_ready_deadline_is_killed() {
 #[test]
 fn a_ready_deadline_after_ready_is_ignored() {
     let mut h = Harness::serving(notify_settings());
-    assert!(h.feed(Event::TimerFired(Timer::ReadyDeadline(1))).is_empty());
+    assert!(
+        h.feed(Event::TimerFired(Timer::ReadyDeadline(1)))
+            .is_empty()
+    );
     assert_eq!(h.machine.active(), Some(1));
 }
 
@@ -465,15 +468,22 @@ fn an_active_crash_restarts_at_once_then_backs_off_exponentially() {
             after,
         }) = actions
             .iter()
-            .find(|a| matches!(a, Action::StartTimer { timer: Timer::Restart(_), .. }))
+            .find(|a| {
+                matches!(
+                    a,
+                    Action::StartTimer {
+                        timer: Timer::Restart(_),
+                        ..
+                    }
+                )
+            })
             .cloned()
         else {
             panic!("no restart timer in {actions:?}")
         };
         seen.push(after);
-        expected.push(
-            (Duration::from_millis(100) * 2u32.pow(crash - 2)).min(Duration::from_secs(10)),
-        );
+        expected
+            .push((Duration::from_millis(100) * 2u32.pow(crash - 2)).min(Duration::from_secs(10)));
         let actions = h.feed(Event::TimerFired(Timer::Restart(number)));
         generation = spawns(&actions)[0];
     }
@@ -490,10 +500,15 @@ fn a_worker_that_stays_up_resets_the_backoff() {
             generation: g,
             status: ExitStatus::Code(1),
         });
-        if let Some(Action::StartTimer { timer, .. }) = actions
-            .iter()
-            .find(|a| matches!(a, Action::StartTimer { timer: Timer::Restart(_), .. }))
-        {
+        if let Some(Action::StartTimer { timer, .. }) = actions.iter().find(|a| {
+            matches!(
+                a,
+                Action::StartTimer {
+                    timer: Timer::Restart(_),
+                    ..
+                }
+            )
+        }) {
             h.feed(Event::TimerFired(*timer));
         }
         let next = *h.spawns.last().unwrap();
@@ -546,7 +561,10 @@ fn an_initial_start_that_fails_is_retried_with_backoff() {
             after: Duration::from_millis(100)
         }
     ));
-    assert_eq!(spawns(&h.feed(Event::TimerFired(Timer::Restart(1)))), vec![3]);
+    assert_eq!(
+        spawns(&h.feed(Event::TimerFired(Timer::Restart(1)))),
+        vec![3]
+    );
 }
 
 #[test]
@@ -624,13 +642,16 @@ fn shutdown_drains_every_generation_then_exits() {
             }
         ));
     }
-    assert!(!has(
-        &actions,
-        &Action::Signal {
-            generation: 1,
-            signal: TERM
-        }
-    ), "already draining");
+    assert!(
+        !has(
+            &actions,
+            &Action::Signal {
+                generation: 1,
+                signal: TERM
+            }
+        ),
+        "already draining"
+    );
     assert_eq!(
         h.feed(Event::ReloadRequested),
         vec![Action::Report(Report::ReloadIgnored)]
@@ -640,13 +661,19 @@ fn shutdown_drains_every_generation_then_exits() {
             generation,
             status: ExitStatus::Code(0),
         });
-        assert!(!h.feed(Event::GroupEmpty { generation }).contains(&Action::Exit));
+        assert!(
+            !h.feed(Event::GroupEmpty { generation })
+                .contains(&Action::Exit)
+        );
     }
     h.feed(Event::LeaderExited {
         generation: 3,
         status: ExitStatus::Code(0),
     });
-    assert!(h.feed(Event::GroupEmpty { generation: 3 }).contains(&Action::Exit));
+    assert!(
+        h.feed(Event::GroupEmpty { generation: 3 })
+            .contains(&Action::Exit)
+    );
     assert_eq!(h.spawns, vec![1, 2, 3], "nothing restarts during shutdown");
 }
 
@@ -696,7 +723,10 @@ fn force_shutdown_kills_every_group() {
         });
     }
     h.feed(Event::GroupEmpty { generation: 1 });
-    assert!(h.feed(Event::GroupEmpty { generation: 2 }).contains(&Action::Exit));
+    assert!(
+        h.feed(Event::GroupEmpty { generation: 2 })
+            .contains(&Action::Exit)
+    );
 }
 
 #[test]
@@ -756,7 +786,10 @@ fn invariants_hold_under_random_events() {
                     status: ExitStatus::Code(next(3) as i32),
                 },
                 5 => {
-                    let exited = h.machine.generation(g).is_some_and(|s| s.leader_status.is_some());
+                    let exited = h
+                        .machine
+                        .generation(g)
+                        .is_some_and(|s| s.leader_status.is_some());
                     if exited {
                         Event::GroupEmpty { generation: g }
                     } else {
@@ -773,14 +806,20 @@ fn invariants_hold_under_random_events() {
             };
             let actions = h.feed(event.clone());
             for action in &actions {
-                if let Action::Signal { generation, .. } | Action::KillGroup { generation } = action {
+                if let Action::Signal { generation, .. } | Action::KillGroup { generation } = action
+                {
                     assert!(
                         h.machine.generation(*generation).is_some(),
                         "{action:?} for an unknown generation after {event:?}"
                     );
                 }
             }
-            let count = |p: Phase| h.machine.generations().filter(|(_, s)| s.phase == p).count();
+            let count = |p: Phase| {
+                h.machine
+                    .generations()
+                    .filter(|(_, s)| s.phase == p)
+                    .count()
+            };
             assert!(count(Phase::Starting) <= 1, "after {event:?}");
             assert!(count(Phase::Active) <= 1, "after {event:?}");
             // Shutdown drains everything at once; the cap is for reloads.
