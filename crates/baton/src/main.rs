@@ -61,6 +61,17 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Exit 2 with a one-line error and clap's usage hint.
+fn usage_error(kind: clap::error::ErrorKind, message: impl std::fmt::Display) -> ! {
+    use clap::CommandFactory;
+    let mut command = Cli::command();
+    let run = command
+        .find_subcommand_mut("run")
+        .expect("run exists")
+        .clone();
+    run.bin_name("baton run").error(kind, message).exit()
+}
+
 fn prepare(args: RunArgs) -> anyhow::Result<Config> {
     let specs = args
         .listen
@@ -69,13 +80,15 @@ fn prepare(args: RunArgs) -> anyhow::Result<Config> {
         .map(|(index, spec)| ListenerSpec::parse(spec, index))
         .collect::<Result<Vec<_>, _>>()?;
     if let Err(error) = listeners::check_names(&specs) {
-        use clap::CommandFactory;
-        Cli::command()
-            .error(clap::error::ErrorKind::ValueValidation, error)
-            .exit();
+        usage_error(clap::error::ErrorKind::ValueValidation, error);
     }
     let mut command_line = args.command.into_iter();
-    let program = command_line.next().expect("clap requires a command");
+    let Some(program) = command_line.next() else {
+        usage_error(
+            clap::error::ErrorKind::MissingRequiredArgument,
+            "no worker COMMAND given: baton run [OPTIONS] -- COMMAND [ARGS...]",
+        );
+    };
     let command = WorkerCommand {
         program,
         args: command_line.collect(),
