@@ -1,0 +1,116 @@
+//! The sd_notify protocol: one datagram of `KEY=VALUE` lines to the unix
+//! socket named by `NOTIFY_SOCKET`.
+
+use std::ffi::OsStr;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::net::{SocketAddr, UnixDatagram};
+
+use crate::Error;
+
+/// Tells the supervisor that this process is ready to serve: sends
+/// `READY=1` to `NOTIFY_SOCKET`.
+///
+/// Call it once the listeners are being served. Without `NOTIFY_SOCKET`
+/// (not started by baton or systemd) it does nothing and returns `Ok`.
+///
+/// ```no_run
+/// # fn main() -> Result<(), baton_worker::Error> {
+/// baton_worker::notify_ready()?;
+/// # Ok(()) }
+/// ```
+pub fn notify_ready() -> Result<(), Error> {
+    notify("READY=1")
+}
+
+/// Sends `state` (newline-separated `KEY=VALUE` assignments, e.g.
+/// `"STATUS=warming caches"` or `"READY=1\nSTATUS=serving"`) as one
+/// datagram to the socket named by `NOTIFY_SOCKET`.
+///
+/// `NOTIFY_SOCKET` may be a path (`/run/...`) or an abstract socket name
+/// (`@name`). When it is unset this does nothing and returns `Ok`. The
+/// variable is left in place, so several messages can be sent.
+pub fn notify(state: &str) -> Result<(), Error> {
+    match std::env::var_os("NOTIFY_SOCKET") {
+        None => Ok(()),
+        Some(socket) => notify_to(&socket, state),
+    }
+}
+
+/// Sends `state` to the socket `socket` names (a path or `@abstract`).
+pub(crate) fn notify_to(socket: &OsStr, state: &str) -> Result<(), Error> {
+    let fail = |source: io::Error| Error::Notify {
+        socket: socket.to_string_lossy().into_owned(),
+        state: state.to_owned(),
+        source,
+    };
+    let addr = address(socket).map_err(fail)?;
+    let sock = UnixDatagram::unbound().map_err(fail)?;
+    let sent = sock.send_to_addr(state.as_bytes(), &addr).map_err(fail)?;
+    if sent != state.len() {
+        return Err(fail(io::Error::new(
+            io::ErrorKind::WriteZero,
+            format!("sent {sent} of {} bytes", state.len()),
+        )));
+    }
+    Ok(())
+}
+
+fn address(socket: &OsStr) -> io::Result<SocketAddr> {
+    use std::os::linux::net::SocketAddrExt;
+    let bytes = socket.as_bytes();
+    match bytes.first() {
+        Some(b'@') => SocketAddr::from_abstract_name(&bytes[1..]),
+        Some(b'/') => SocketAddr::from_pathname(socket),
+        _ => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "NOTIFY_SOCKET must be an absolute path or start with '@'",
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn receive(sock: &UnixDatagram) -> String {
+        sock.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut buf = [0u8; 256];
+        let n = sock.recv(&mut buf).unwrap();
+        String::from_utf8(buf[..n].to_vec()).unwrap()
+    }
+
+    #[test]
+    fn sends_to_a_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify");
+        let receiver = UnixDatagram::bind(&path).unwrap();
+        notify_to(path.as_os_str(), "READY=1").unwrap();
+        assert_eq!(receive(&receiver), "READY=1");
+        notify_to(path.as_os_str(), "STATUS=a b\nREADY=1").unwrap();
+        assert_eq!(receive(&receiver), "STATUS=a b\nREADY=1");
+    }
+
+    #[test]
+    fn sends_to_an_abstract_name() {
+        use std::os::linux::net::SocketAddrExt;
+        let name = format!("baton-worker-test-{}", std::process::id());
+        let addr = SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+        let receiver = UnixDatagram::bind_addr(&addr).unwrap();
+        notify_to(OsStr::new(&format!("@{name}")), "READY=1").unwrap();
+        assert_eq!(receive(&receiver), "READY=1");
+    }
+
+    #[test]
+    fn errors_name_the_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nobody-listens");
+        let err = notify_to(path.as_os_str(), "READY=1").unwrap_err();
+        assert!(matches!(err, Error::Notify { .. }));
+        assert!(err.to_string().contains("nobody-listens"), "{err}");
+        let err = notify_to(OsStr::new("relative"), "READY=1").unwrap_err();
+        assert!(err.to_string().contains("absolute path"), "{err}");
+    }
+}
