@@ -1,1 +1,357 @@
-//! placeholder
+//! The end-to-end harness: build the real `baton` and `test-worker`, start
+//! baton, read every line it writes, and wait on those lines.
+//!
+//! A test keeps reading baton's output at all times (a full pipe would
+//! stall the supervisor), waits on events with generous deadlines, and
+//! never on bare sleeps. Each baton gets a unique token in its environment,
+//! which every process it starts inherits: [`processes_with_token`] finds
+//! whatever of its tree is still alive.
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+/// The generous deadline for anything a test waits on.
+pub const DEADLINE: Duration = Duration::from_secs(60);
+
+/// The environment variable that marks every process of one baton's tree.
+pub const TOKEN_VAR: &str = "BATON_E2E_TOKEN";
+
+/// The `baton` binary, built once per test process.
+pub fn baton_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| build("baton", "baton"))
+}
+
+/// The `test-worker` binary, built once per test process.
+pub fn test_worker_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| build("test-worker", "test-worker"))
+}
+
+fn build(package: &str, bin: &str) -> PathBuf {
+    let build = escargot::CargoBuild::new()
+        .package(package)
+        .bin(bin)
+        .current_target();
+    // Build with the profile the tests themselves were built with.
+    let build = if cfg!(debug_assertions) {
+        build
+    } else {
+        build.release()
+    };
+    build
+        .run()
+        .unwrap_or_else(|e| panic!("cannot build {bin}: {e}"))
+        .path()
+        .to_path_buf()
+}
+
+/// Load tests share two cores: run them one at a time.
+pub fn exclusive() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Every line baton and its workers wrote, in order, shared with the readers.
+#[derive(Default)]
+struct Lines {
+    lines: Mutex<Vec<String>>,
+    changed: Condvar,
+    /// How many of the two pipes reached end-of-file.
+    closed: AtomicU64,
+}
+
+/// A running `baton`, whose output is read all the time.
+pub struct Baton {
+    child: Child,
+    lines: Arc<Lines>,
+    token: String,
+    status: Option<ExitStatus>,
+}
+
+impl Baton {
+    /// Start `baton ARGS…` (for instance `run --listen … -- worker …`).
+    pub fn start<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Baton {
+        let mut command = Command::new(baton_bin());
+        command.args(args);
+        Baton::spawn(command)
+    }
+
+    /// Start a prepared command (its program must be baton).
+    pub fn spawn(mut command: Command) -> Baton {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let token = format!(
+            "{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        command
+            .env(TOKEN_VAR, &token)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().expect("cannot start baton");
+        let lines = Arc::new(Lines::default());
+        read_lines(child.stdout.take().expect("piped"), lines.clone());
+        read_lines(child.stderr.take().expect("piped"), lines.clone());
+        Baton {
+            child,
+            lines,
+            token,
+            status: None,
+        }
+    }
+
+    /// baton's pid.
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// The token every process of this baton's tree carries.
+    pub fn token(&self) -> &str {
+        &self.token
+    }
+
+    /// Send baton a signal.
+    pub fn signal(&self, signal: Signal) {
+        kill(Pid::from_raw(self.pid()), signal).expect("cannot signal baton");
+    }
+
+    /// Everything written so far.
+    pub fn output(&self) -> String {
+        self.lines.lines.lock().unwrap().join("\n")
+    }
+
+    /// How many lines so far contain every one of `needles`.
+    pub fn count(&self, needles: &[&str]) -> usize {
+        let lines = self.lines.lines.lock().unwrap();
+        lines.iter().filter(|l| matches(l, needles)).count()
+    }
+
+    /// Wait for the `nth` (1-based) line containing every one of `needles`;
+    /// panics with the whole output after [`DEADLINE`].
+    pub fn wait_for_nth(&self, nth: usize, needles: &[&str]) -> String {
+        let deadline = Instant::now() + DEADLINE;
+        let mut lines = self.lines.lines.lock().unwrap();
+        loop {
+            if let Some(line) = lines.iter().filter(|l| matches(l, needles)).nth(nth - 1) {
+                return line.clone();
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                let output = lines.join("\n");
+                drop(lines);
+                panic!("no line #{nth} with {needles:?} within {DEADLINE:?}; output:\n{output}");
+            }
+            lines = self
+                .lines
+                .changed
+                .wait_timeout(lines, deadline - now)
+                .unwrap()
+                .0;
+        }
+    }
+
+    /// Wait for the first line containing every one of `needles`.
+    pub fn wait_for(&self, needles: &[&str]) -> String {
+        self.wait_for_nth(1, needles)
+    }
+
+    /// The address of the listener named `name`, from its `listening` line.
+    pub fn address(&self, name: &str) -> SocketAddr {
+        let line = self.wait_for(&["listening", &format!("name={name} ")]);
+        field(&line, "addr")
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no TCP address in {line:?}"))
+    }
+
+    /// Wait until generation `generation` is the active one; returns its pid.
+    pub fn wait_ready(&self, generation: u64) -> i32 {
+        let line = self.wait_for(&[&format!(" ready generation={generation} ")]);
+        pid_in(&line)
+    }
+
+    /// Wait until baton's stdout and stderr are closed by every process
+    /// that held them: then the output is complete.
+    pub fn wait_output_closed(&self) {
+        let deadline = Instant::now() + DEADLINE;
+        let mut lines = self.lines.lines.lock().unwrap();
+        while self.lines.closed.load(Ordering::SeqCst) < 2 {
+            let now = Instant::now();
+            if now >= deadline {
+                let output = lines.join("\n");
+                drop(lines);
+                panic!("baton's output stayed open for {DEADLINE:?}; output:\n{output}");
+            }
+            lines = self
+                .lines
+                .changed
+                .wait_timeout(lines, deadline - now)
+                .unwrap()
+                .0;
+        }
+    }
+
+    /// Wait for baton to exit; panics with the output after [`DEADLINE`].
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        if let Some(status) = self.status {
+            return status;
+        }
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                self.status = Some(status);
+                return status;
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "baton did not exit within {DEADLINE:?}; output:\n{}",
+                    self.output()
+                );
+            }
+            // Child::wait has no timeout; poll the exit at a short interval.
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Baton {
+    fn drop(&mut self) {
+        // A failed test must not leave baton behind; its guardian then
+        // kills the workers.
+        if self.status.is_none() && self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn matches(line: &str, needles: &[&str]) -> bool {
+    needles.iter().all(|n| line.contains(n))
+}
+
+fn read_lines(pipe: impl Read + Send + 'static, lines: Arc<Lines>) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines() {
+            let Ok(line) = line else { break };
+            if std::env::var_os("BATON_E2E_ECHO").is_some() {
+                eprintln!("{line}");
+            }
+            lines.lines.lock().unwrap().push(line);
+            lines.changed.notify_all();
+        }
+        let _guard = lines.lines.lock().unwrap();
+        lines.closed.fetch_add(1, Ordering::SeqCst);
+        lines.changed.notify_all();
+    });
+}
+
+/// The value of `key=value` in a log line (quotes removed). The last
+/// occurrence counts: baton writes each line at once, but a worker's
+/// unbuffered write may land in front of it on the same line.
+pub fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    let pattern = format!(" {key}=");
+    let start = line.rfind(&pattern)? + pattern.len();
+    let rest = &line[start..];
+    let end = rest.find(' ').unwrap_or(rest.len());
+    Some(rest[..end].trim_matches('"'))
+}
+
+/// The `pid=` of a log line.
+pub fn pid_in(line: &str) -> i32 {
+    field(line, "pid")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {line:?}"))
+}
+
+/// Pids of live processes whose environment holds `BATON_E2E_TOKEN=token`
+/// (zombies have no environment and are not counted).
+pub fn processes_with_token(token: &str) -> Vec<i32> {
+    let needle = format!("{TOKEN_VAR}={token}");
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.split(|&b| b == 0).any(|var| var == needle.as_bytes()))
+        })
+        .collect()
+}
+
+/// Whether a process exists and is not a zombie.
+pub fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        // The state follows the parenthesised command name.
+        stat.rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z') && !rest.starts_with('X'))
+    })
+}
+
+/// Wait until `done` holds, checking every 20 ms; false after [`DEADLINE`].
+/// For process states the kernel offers no event for (a process gone).
+pub fn eventually(mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + DEADLINE;
+    while Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    done()
+}
+
+/// A runtime for the load client, whose clients run on its threads while
+/// the test thread blocks on baton's output.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("cannot build a tokio runtime")
+}
+
+/// One `GET path` over a fresh connection (HTTP/1.0, so the server closes
+/// it); returns the status code and the body.
+pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use std::io::Write;
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    stream.set_read_timeout(Some(DEADLINE)).expect("timeout");
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: test\r\n\r\n").expect("write");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read");
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .expect("a complete response");
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("a status code");
+    (status, body.to_owned())
+}
+
+/// The command line of `baton run` with one TCP listener on an ephemeral
+/// loopback port named `http`, the given baton flags, then `test-worker`
+/// with the given flags.
+pub fn run_args(baton_flags: &[&str], worker_flags: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = ["run", "--listen", "http=127.0.0.1:0"]
+        .iter()
+        .chain(baton_flags)
+        .map(|s| s.to_string())
+        .collect();
+    args.push("--".into());
+    args.push(test_worker_bin().display().to_string());
+    args.extend(worker_flags.iter().map(|s| s.to_string()));
+    args
+}

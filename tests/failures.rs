@@ -1,0 +1,150 @@
+//! Workers that misbehave: a failed reload keeps the old worker serving, a
+//! worker that will not stop is killed with its whole process group, a
+//! crash is covered by the next generation.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use baton_e2e::{Baton, alive, eventually, exclusive, pid_in, run_args, runtime};
+use baton_loadgen::{Config, Load, Mode};
+use nix::sys::signal::Signal;
+
+/// Reload into a generation that fails to start, under load: the reload
+/// fails with `reason`, generation 1 keeps serving every request.
+fn failed_reload_keeps_the_old_worker(worker_flags: &[&str], reason: &str) {
+    let _serial = exclusive();
+    let mut baton = Baton::start(&run_args(
+        &["--ready", "notify", "--ready-timeout", "2s"],
+        worker_flags,
+    ));
+    let first = baton.wait_ready(1);
+    let rt = runtime();
+    let _enter = rt.enter();
+    let load = Load::start(Config {
+        mode: Mode::NewConnection,
+        clients: 4,
+        duration: Duration::from_secs(120),
+        ..Config::new(baton.address("http"))
+    })
+    .expect("load");
+    rt.block_on(load.wait_for(|s| s.ok >= 50))
+        .expect("the load runs");
+
+    baton.signal(Signal::SIGHUP);
+    let failed = baton.wait_for(&["reload failed", " generation=2 "]);
+    assert!(failed.contains(reason), "{failed}");
+    let second = pid_in(&baton.wait_for(&["spawned generation=2 "]));
+    baton.wait_for(&["exited", " generation=2 "]);
+    assert!(!alive(second), "the failed worker {second} is gone");
+
+    let served = load.ok_so_far();
+    rt.block_on(load.wait_for(|s| s.ok >= served + 50))
+        .expect("the load runs");
+    load.stop();
+    let report = rt.block_on(load.finish());
+    assert_eq!(report.failed_total(), 0, "{}", report.summary());
+    let pids: Vec<&String> = report.header_values.keys().collect();
+    assert_eq!(pids, [&first.to_string()], "only generation 1 served");
+    baton.signal(Signal::SIGTERM);
+    assert!(baton.wait_exit().success(), "{}", baton.output());
+}
+
+#[test]
+fn a_worker_that_is_never_ready_does_not_replace_the_good_one() {
+    failed_reload_keeps_the_old_worker(
+        &["--never-ready", "--from-gen", "2"],
+        "not ready within 2s",
+    );
+}
+
+#[test]
+fn a_worker_that_exits_at_start_does_not_replace_the_good_one() {
+    failed_reload_keeps_the_old_worker(
+        &["--exit-at-start", "3", "--from-gen", "2"],
+        "exited before ready (exit code 3)",
+    );
+}
+
+/// Processes whose process group is `pgid`.
+fn group_members(pgid: i32) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                // After "(comm) ": state, ppid, pgrp.
+                stat.rsplit_once(") ")
+                    .and_then(|(_, rest)| rest.split(' ').nth(2)?.parse::<i32>().ok())
+                    == Some(pgid)
+            })
+        })
+        .filter(|&pid| alive(pid))
+        .collect()
+}
+
+#[test]
+fn a_worker_that_ignores_the_stop_signal_is_killed_with_its_children() {
+    let _serial = exclusive();
+    let mut baton = Baton::start(&run_args(
+        &["--ready", "notify", "--drain-timeout", "1s"],
+        &["--ignore-stop", "--fork-child"],
+    ));
+    let leader = baton.wait_ready(1);
+    assert!(
+        eventually(|| group_members(leader).len() >= 2),
+        "the worker forked a child into its group"
+    );
+    let members = group_members(leader);
+
+    baton.signal(Signal::SIGHUP);
+    baton.wait_ready(2);
+    baton.wait_for(&["drain timed out", " generation=1 "]);
+    baton.wait_for(&["exited", " generation=1 "]);
+    for pid in &members {
+        assert!(!alive(*pid), "{pid} of generation 1 is gone");
+    }
+    assert!(group_members(leader).is_empty());
+    baton.signal(Signal::SIGTERM);
+    assert!(baton.wait_exit().success(), "{}", baton.output());
+}
+
+/// Every generation crashes after some requests; requests that arrive while
+/// no worker runs wait in the accept queue and are served by the next one.
+#[test]
+fn a_crash_is_covered_by_the_next_generation() {
+    let _serial = exclusive();
+    let mut baton = Baton::start(&run_args(&["--ready", "notify"], &["--crash-after", "200"]));
+    baton.wait_ready(1);
+    let rt = runtime();
+    let _enter = rt.enter();
+    let load = Load::start(Config {
+        mode: Mode::NewConnection,
+        clients: 8,
+        duration: Duration::from_secs(120),
+        ..Config::new(baton.address("http"))
+    })
+    .expect("load");
+    baton.wait_for(&["crashed", " generation=1 "]);
+    baton.wait_for(&["crashed", " generation=2 "]);
+    baton.wait_ready(3);
+    let served = load.ok_so_far();
+    rt.block_on(load.wait_for(|s| s.ok >= served + 20))
+        .expect("the load runs");
+    load.stop();
+    let report = rt.block_on(load.finish());
+    assert_eq!(
+        report.failed_total(),
+        0,
+        "{}\n{:?}",
+        report.summary(),
+        report.error_samples
+    );
+    let pids: BTreeSet<&String> = report.header_values.keys().collect();
+    assert!(pids.len() >= 3, "{pids:?}");
+    let restarts = baton.count(&["restart scheduled"]);
+    assert!(restarts >= 1, "{}", baton.output());
+    baton.signal(Signal::SIGTERM);
+    assert!(baton.wait_exit().success(), "{}", baton.output());
+}

@@ -1,0 +1,200 @@
+//! What a worker inherits, how baton stops, and how it refuses bad input.
+
+use std::net::TcpListener;
+use std::time::Duration;
+
+use baton_e2e::{
+    Baton, eventually, exclusive, http_get, processes_with_token, run_args, runtime,
+    test_worker_bin,
+};
+use baton_loadgen::{Config, Load, Mode};
+use nix::sys::signal::Signal;
+
+#[test]
+fn a_worker_gets_exactly_its_sockets_and_its_own_listen_pid() {
+    let _serial = exclusive();
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("admin.sock");
+    let mut baton = Baton::start(&[
+        "run".to_string(),
+        "--listen".into(),
+        "web=127.0.0.1:0".into(),
+        "--listen".into(),
+        format!("admin=unix:{}", socket.display()),
+        "--ready".into(),
+        "notify".into(),
+        "--".into(),
+        test_worker_bin().display().to_string(),
+    ]);
+    let pid = baton.wait_ready(1);
+    let (status, body) = http_get(baton.address("web"), "/fds");
+    assert_eq!(status, 200, "{body}");
+    let fds: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(fds["fds"], serde_json::json!([0, 1, 2, 3, 4]), "{body}");
+    assert_eq!(fds["LISTEN_PID"], pid.to_string(), "{body}");
+    assert_eq!(fds["LISTEN_FDS"], "2", "{body}");
+    assert_eq!(fds["LISTEN_FDNAMES"], "web:admin", "{body}");
+    assert!(socket.exists());
+    baton.signal(Signal::SIGTERM);
+    assert!(baton.wait_exit().success(), "{}", baton.output());
+    assert!(!socket.exists(), "baton removes the unix socket it created");
+}
+
+#[test]
+fn sigterm_under_load_completes_every_request_in_flight() {
+    let _serial = exclusive();
+    let mut baton = Baton::start(&run_args(&["--ready", "notify"], &["--work", "200ms"]));
+    baton.wait_ready(1);
+    let rt = runtime();
+    let _enter = rt.enter();
+    let load = Load::start(Config {
+        mode: Mode::KeepAlive,
+        clients: 8,
+        duration: Duration::from_secs(120),
+        ..Config::new(baton.address("http"))
+    })
+    .expect("load");
+    rt.block_on(load.wait_for(|s| s.ok >= 16 && s.in_flight() >= 4))
+        .expect("the load runs");
+    load.stop();
+    baton.signal(Signal::SIGTERM);
+    let report = rt.block_on(load.finish());
+    assert_eq!(
+        report.failed_total(),
+        0,
+        "{}\n{:?}",
+        report.summary(),
+        report.error_samples
+    );
+    let status = baton.wait_exit();
+    assert!(status.success(), "{status:?}\n{}", baton.output());
+    assert!(
+        eventually(|| processes_with_token(baton.token()).is_empty()),
+        "left behind: {:?}",
+        processes_with_token(baton.token())
+    );
+}
+
+/// baton killed outright: its guardian kills every worker group, the
+/// worker's own children included, even behind a shell wrapper.
+#[test]
+fn sigkill_to_baton_leaves_no_process_behind() {
+    let _serial = exclusive();
+    // The wrapper stays the group leader (it does not exec), so the worker
+    // cannot take the inherited socket (LISTEN_PID is the shell's pid): it
+    // binds a port of its own, which is all this test needs.
+    let script = format!(
+        "{} --fork-child --bind 127.0.0.1:0; exit $?",
+        test_worker_bin().display()
+    );
+    let mut baton = Baton::start(&[
+        "run",
+        "--listen",
+        "127.0.0.1:0",
+        "--ready",
+        "delay=300ms",
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    baton.wait_ready(1);
+    assert!(
+        eventually(|| processes_with_token(baton.token()).len() >= 5),
+        "baton, its guardian, sh, the worker and its child: {:?}",
+        processes_with_token(baton.token())
+    );
+    baton.signal(Signal::SIGKILL);
+    baton.wait_exit();
+    assert!(
+        eventually(|| processes_with_token(baton.token()).is_empty()),
+        "left behind: {:?}",
+        processes_with_token(baton.token())
+    );
+}
+
+/// A bad command line: the exit code, and a first line that names the
+/// problem; nothing is left running.
+fn refused(args: &[&str], code: i32, words: &[&str]) {
+    let mut baton = Baton::start(args);
+    let status = baton.wait_exit();
+    baton.wait_output_closed();
+    let output = baton.output();
+    assert_eq!(status.code(), Some(code), "{args:?}:\n{output}");
+    let first = output.lines().next().unwrap_or_default();
+    for word in words {
+        assert!(
+            first.contains(word),
+            "{word:?} not in the first line {first:?}"
+        );
+    }
+    assert!(
+        eventually(|| processes_with_token(baton.token()).is_empty()),
+        "left behind after {args:?}"
+    );
+}
+
+#[test]
+fn bad_command_lines_are_refused_with_a_clear_error() {
+    refused(
+        &[
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--ready-timeout",
+            "soon",
+            "--",
+            "true",
+        ],
+        2,
+        &["--ready-timeout", "soon", "expected a duration"],
+    );
+    refused(
+        &[
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--ready",
+            "now",
+            "--",
+            "true",
+        ],
+        2,
+        &["--ready", "now", "notify"],
+    );
+    refused(
+        &["run", "--listen", "localhost:http", "--", "true"],
+        2,
+        &["--listen", "localhost:http", "port"],
+    );
+    refused(&["run", "--listen", "127.0.0.1:0"], 2, &["COMMAND"]);
+    refused(
+        &[
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--",
+            "no-such-program-for-baton",
+        ],
+        1,
+        &["no-such-program-for-baton", "not found"],
+    );
+    refused(
+        &[
+            "run",
+            "--listen",
+            "unix:/nonexistent-dir/x.sock",
+            "--",
+            "true",
+        ],
+        1,
+        &["/nonexistent-dir", "does not exist"],
+    );
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    refused(
+        &["run", "--listen", &addr, "--", "true"],
+        1,
+        &[&addr, "in use"],
+    );
+}
