@@ -253,7 +253,7 @@ impl Driver {
         if !note.ready {
             return None;
         }
-        tracing::debug!(generation, sender, "READY=1 received");
+        tracing::info!(generation, sender, "READY=1 received");
         Some(Event::Ready { generation })
     }
 
