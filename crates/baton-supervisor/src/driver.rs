@@ -11,9 +11,14 @@
 //! get `PR_SET_PDEATHSIG`, which fires when the *thread* that forked them
 //! exits.
 
-use std::collections::{BTreeMap, VecDeque};
+mod reloads;
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::ffi::OsString;
 use std::io;
 use std::os::fd::AsFd;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -23,15 +28,22 @@ use nix::unistd::Pid;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
+use self::reloads::Reloads;
+use crate::control::{self, Call, Response};
 use crate::guardian::Guardian;
-use crate::listeners::Listener;
+use crate::listeners::{self, BindOptions, Listener, ListenerSpec};
 use crate::machine::{Event, ExitStatus, Generation, Machine, Report, Settings, Timer};
+use crate::metrics::{self, Histogram, Snapshot};
 use crate::notify::{Notification, NotifyDir, NotifyReceiver};
 use crate::spawn::{self, SpawnRequest, WorkerCommand};
+use crate::status::{self, GenerationStatus, ListenerStatus, Sampler, Status, Trigger, Usage};
 
 /// How often to look for generations whose process group emptied without
 /// telling baton (a member reaped by another member sends no SIGCHLD here).
 const GROUP_CHECK_INTERVAL: Duration = Duration::from_millis(500);
+
+/// How often to sample what each generation costs.
+const SAMPLE_INTERVAL: Duration = Duration::from_secs(2);
 
 /// What went wrong setting up the driver.
 #[derive(Debug, thiserror::Error)]
@@ -47,15 +59,47 @@ pub enum DriverError {
     Subreaper(io::Error),
 }
 
+/// What a reload may change: re-read from the config file each time.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The listeners; existing ones must stay as they are, in order, and
+    /// new ones may only be appended (fd numbers never shift).
+    pub listeners: Vec<ListenerSpec>,
+    /// How to bind new listeners.
+    pub bind: BindOptions,
+    /// The worker's command.
+    pub command: WorkerCommand,
+    /// Variables set for workers on top of baton's own environment.
+    pub env: Vec<(OsString, OsString)>,
+    /// Timings and readiness.
+    pub settings: Settings,
+}
+
+/// Produces the [`Plan`] for the next generation (re-reads the config
+/// file); an error fails the reload and changes nothing.
+pub type Reloader = Box<dyn FnMut() -> Result<Plan, String> + Send>;
+
 /// Everything the driver runs with.
-#[derive(Debug)]
 pub struct Config {
     /// The bound sockets, in `--listen` order.
     pub listeners: Vec<Listener>,
-    /// The worker's command.
-    pub command: WorkerCommand,
-    /// The machine's settings.
-    pub settings: Settings,
+    /// What they were bound from.
+    pub plan: Plan,
+    /// The bound control socket and its path, unless turned off.
+    pub control: Option<(std::os::unix::net::UnixListener, PathBuf)>,
+    /// The bound metrics listener, if asked for.
+    pub metrics: Option<std::net::TcpListener>,
+    /// Re-reads the config file on every reload, if there is one.
+    pub reloader: Option<Reloader>,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("listeners", &self.listeners)
+            .field("plan", &self.plan)
+            .finish_non_exhaustive()
+    }
 }
 
 /// One generation's process, as the driver knows it.
@@ -65,17 +109,30 @@ struct Worker {
     /// Held, not read: dropping it closes the generation's notify socket.
     _notify: NotifyReceiver,
     spawned_at: Instant,
+    started_unix: f64,
+    ready_ms: Option<u64>,
     drain_started: Option<Instant>,
     leader_exited: bool,
     group_empty: bool,
 }
 
 /// The driver. See the [module docs](self).
-#[derive(Debug)]
 pub struct Driver {
     machine: Machine,
     listeners: Vec<Listener>,
-    command: WorkerCommand,
+    plan: Plan,
+    reloader: Option<Reloader>,
+    control: Option<(std::os::unix::net::UnixListener, PathBuf)>,
+    control_path: Option<PathBuf>,
+    calls: mpsc::Sender<Call>,
+    calls_rx: mpsc::Receiver<Call>,
+    metrics: Option<std::net::TcpListener>,
+    snapshots: Option<tokio::sync::watch::Sender<Arc<Snapshot>>>,
+    reloads: Reloads,
+    time_to_ready: Histogram,
+    sampler: Option<Sampler>,
+    usage: HashMap<i32, Usage>,
+    started: Instant,
     notify_dir: NotifyDir,
     workers: BTreeMap<Generation, Worker>,
     guardian: Option<Guardian>,
@@ -87,6 +144,15 @@ pub struct Driver {
     interrupts: u32,
 }
 
+impl std::fmt::Debug for Driver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Driver")
+            .field("machine", &self.machine)
+            .field("workers", &self.workers)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Driver {
     /// Prepare a driver; `guardian` (if any) is told about every worker group.
     pub fn new(config: Config, guardian: Option<Guardian>) -> Result<Self, DriverError> {
@@ -96,10 +162,23 @@ impl Driver {
         }
         let (timers, timers_rx) = mpsc::unbounded_channel();
         let (notes, notes_rx) = mpsc::unbounded_channel();
+        let (calls, calls_rx) = mpsc::channel(64);
         Ok(Driver {
-            machine: Machine::new(config.settings),
+            machine: Machine::new(config.plan.settings.clone()),
             listeners: config.listeners,
-            command: config.command,
+            plan: config.plan,
+            reloader: config.reloader,
+            control_path: config.control.as_ref().map(|(_, path)| path.clone()),
+            control: config.control,
+            calls,
+            calls_rx,
+            metrics: config.metrics,
+            snapshots: None,
+            reloads: Reloads::default(),
+            time_to_ready: Histogram::default(),
+            sampler: Sampler::new(),
+            usage: HashMap::new(),
+            started: Instant::now(),
             notify_dir: NotifyDir::new().map_err(DriverError::NotifyDir)?,
             workers: BTreeMap::new(),
             guardian,
@@ -121,11 +200,24 @@ impl Driver {
         let mut child = install(SignalKind::child())?;
         let mut group_check = tokio::time::interval(GROUP_CHECK_INTERVAL);
         group_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut sample = tokio::time::interval(SAMPLE_INTERVAL);
+        sample.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The servers are tasks of their own: a slow client never blocks this loop.
+        let _control = self.control.take().map(|(listener, _)| {
+            AbortOnDrop(tokio::spawn(control::serve(listener, self.calls.clone())))
+        });
+        let _metrics = self.metrics.take().map(|listener| {
+            let (tx, rx) = tokio::sync::watch::channel(Arc::new(Snapshot::default()));
+            self.snapshots = Some(tx);
+            AbortOnDrop(tokio::spawn(metrics::serve(listener, rx)))
+        });
 
         let mut done = self.step(Event::Start);
         while !done {
             let event = tokio::select! {
-                _ = hangup.recv() => Some(Event::ReloadRequested),
+                _ = hangup.recv() => self.reload_requested(Trigger::Signal, None),
+                Some(call) = self.calls_rx.recv() => self.on_call(call),
+                _ = sample.tick() => { self.sample(); None }
                 _ = terminate.recv() => Some(Event::ShutdownRequested),
                 _ = interrupt.recv() => {
                     self.interrupts += 1;
@@ -146,9 +238,151 @@ impl Driver {
                     break;
                 }
             }
+            self.publish();
         }
         self.finish();
         Ok(())
+    }
+
+    /// A reload was asked for: re-read the plan, then tell the machine.
+    fn reload_requested(
+        &mut self,
+        trigger: Trigger,
+        waiter: Option<tokio::sync::oneshot::Sender<Response>>,
+    ) -> Option<Event> {
+        let id = self.reloads.request(trigger, waiter);
+        if self.machine.shutting_down() {
+            self.reloads.fail_unassigned("baton is shutting down");
+            tracing::info!(reload = id, %trigger, "reload ignored: shutting down");
+            return None;
+        }
+        if let Err(reason) = self.replan() {
+            self.reloads.fail(id, &reason);
+            tracing::error!(reload = id, %trigger, result = %"failed", %reason, "reload");
+            return None;
+        }
+        Some(Event::ReloadRequested)
+    }
+
+    /// Re-read the config (if any) and apply what the next generation sees.
+    fn replan(&mut self) -> Result<(), String> {
+        let Some(reloader) = &mut self.reloader else {
+            return Ok(());
+        };
+        let plan = reloader()?;
+        let current = &self.plan.listeners;
+        if plan.listeners.len() < current.len() || plan.listeners[..current.len()] != current[..] {
+            return Err(
+                "listeners can only be appended: removing, changing or reordering one needs a restart of baton".into(),
+            );
+        }
+        let added = &plan.listeners[current.len()..];
+        let bound = listeners::bind_all(added, plan.bind).map_err(|e| e.to_string())?;
+        for listener in &bound {
+            tracing::info!(name = %listener.name(), addr = %listener.local_address(), backlog = plan.bind.backlog, "listening");
+        }
+        self.listeners.extend(bound);
+        self.machine.set_settings(plan.settings.clone());
+        self.plan = plan;
+        Ok(())
+    }
+
+    fn on_call(&mut self, call: Call) -> Option<Event> {
+        match call.command {
+            control::Command::Status => {
+                let mut response = Response::ok();
+                response.status = Some(Box::new(self.status()));
+                let _ = call.reply.send(response);
+                None
+            }
+            control::Command::Reload => self.reload_requested(Trigger::Ctl, Some(call.reply)),
+            control::Command::Stop => {
+                let _ = call.reply.send(Response::ok());
+                Some(Event::ShutdownRequested)
+            }
+        }
+    }
+
+    /// Measure every live generation's process group.
+    fn sample(&mut self) {
+        let Some(sampler) = &mut self.sampler else {
+            return;
+        };
+        let groups: Vec<i32> = self
+            .workers
+            .values()
+            .filter(|w| !w.group_empty)
+            .filter_map(|w| w.pid)
+            .collect();
+        let draining: HashSet<i32> = self
+            .machine
+            .generations()
+            .filter(|(_, s)| s.phase == crate::machine::Phase::Draining)
+            .filter_map(|(_, s)| s.pid)
+            .collect();
+        self.usage = if groups.is_empty() {
+            HashMap::new()
+        } else {
+            sampler.sample(&groups, &draining)
+        };
+    }
+
+    /// What `status` answers.
+    pub fn status(&self) -> Status {
+        let generations = self
+            .machine
+            .generations()
+            .map(|(generation, state)| {
+                let worker = self.workers.get(&generation);
+                let usage = state
+                    .pid
+                    .and_then(|pid| self.usage.get(&pid))
+                    .cloned()
+                    .unwrap_or_default();
+                GenerationStatus {
+                    generation,
+                    pid: state.pid,
+                    state: state.phase.to_string(),
+                    started_at: worker.map_or(0.0, |w| w.started_unix),
+                    ready_ms: worker.and_then(|w| w.ready_ms),
+                    processes: usage.processes,
+                    cpu_percent: usage.cpu_percent,
+                    cpu_seconds: usage.cpu_seconds,
+                    rss_bytes: usage.rss_bytes,
+                    threads: usage.threads,
+                    open_fds: usage.open_fds,
+                    connections: usage.connections,
+                }
+            })
+            .collect();
+        Status {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            pid: std::process::id(),
+            uptime_s: self.started.elapsed().as_secs_f64(),
+            listeners: self
+                .listeners
+                .iter()
+                .map(|l| ListenerStatus {
+                    name: l.name().to_owned(),
+                    address: l.local_address().to_owned(),
+                    backlog: self.plan.bind.backlog,
+                })
+                .collect(),
+            generations,
+            reloads: self.reloads.history(),
+            counters: self.reloads.counters.clone(),
+        }
+    }
+
+    /// Hand the metrics server a fresh snapshot, if it runs.
+    fn publish(&self) {
+        if let Some(snapshots) = &self.snapshots {
+            snapshots.send_replace(Arc::new(Snapshot {
+                status: self.status(),
+                reload_duration: self.reloads.duration.clone(),
+                time_to_ready: self.time_to_ready.clone(),
+            }));
+        }
     }
 
     /// Feed one event and every follow-up event it causes to the machine.
@@ -184,13 +418,20 @@ impl Driver {
             .iter()
             .map(|l| (l.name(), l.as_fd()))
             .collect();
+        let mut env: Vec<(OsString, OsString)> = std::env::vars_os()
+            .filter(|(key, _)| !self.plan.env.iter().any(|(k, _)| k == key))
+            .collect();
+        env.extend(self.plan.env.iter().cloned());
         let request = SpawnRequest {
-            command: &self.command,
+            command: &self.plan.command,
             sockets: &sockets,
             generation,
             notify_socket: notify.path(),
-            env: std::env::vars_os().collect(),
+            env,
         };
+        if !self.reloads.on_spawn(generation) && generation > 1 {
+            self.reloads.counters.restarts += 1;
+        }
         match spawn::spawn(&request) {
             Ok(pid) => {
                 if let Some(guardian) = &self.guardian {
@@ -203,6 +444,8 @@ impl Driver {
                         pid: Some(pid),
                         _notify: notify,
                         spawned_at: Instant::now(),
+                        started_unix: status::unix_now(),
+                        ready_ms: None,
                         drain_started: None,
                         leader_exited: false,
                         group_empty: false,
@@ -311,9 +554,28 @@ impl Driver {
                 generation,
                 previous,
             } => {
-                let worker = self.workers.get(&generation);
-                let ready_ms = worker.map_or(0, |w| w.spawned_at.elapsed().as_millis());
+                let ready = self
+                    .workers
+                    .get(&generation)
+                    .map_or(Duration::ZERO, |w| w.spawned_at.elapsed());
+                let ready_ms = ready.as_millis() as u64;
+                if let Some(worker) = self.workers.get_mut(&generation) {
+                    worker.ready_ms = Some(ready_ms);
+                }
+                self.time_to_ready.observe(ready);
                 let pid = pid_of(&self.workers, generation);
+                for record in self.reloads.on_ready(generation, previous, ready) {
+                    tracing::info!(
+                        reload = record.id,
+                        trigger = %record.trigger,
+                        result = %"ok",
+                        generation,
+                        pid,
+                        previous = previous.unwrap_or(0),
+                        ready_ms,
+                        "reload"
+                    );
+                }
                 match previous {
                     Some(previous) => tracing::info!(
                         generation,
@@ -332,6 +594,18 @@ impl Driver {
                 active,
             } => {
                 let pid = pid_of(&self.workers, generation);
+                let reason = failure.to_string();
+                for record in self.reloads.on_start_failed(generation, &reason) {
+                    tracing::error!(
+                        reload = record.id,
+                        trigger = %record.trigger,
+                        result = %"failed",
+                        generation,
+                        pid,
+                        %reason,
+                        "reload"
+                    );
+                }
                 match active {
                     Some(active) => tracing::error!(
                         generation,
@@ -346,12 +620,17 @@ impl Driver {
             Report::ReloadCoalesced => {
                 tracing::info!("reload requested during a reload: one more will follow")
             }
-            Report::ReloadIgnored => tracing::info!("reload ignored: shutting down"),
+            Report::ReloadIgnored => {
+                self.reloads.fail_unassigned("baton is shutting down");
+                tracing::info!("reload ignored: shutting down")
+            }
             Report::Crashed { generation, status } => {
+                self.reloads.counters.crashes += 1;
                 let pid = pid_of(&self.workers, generation);
                 tracing::error!(generation, pid, %status, "crashed")
             }
             Report::RestartScheduled { delay, crashes } => {
+                self.reloads.counters.backoff_ms = Some(delay.as_millis() as u64);
                 tracing::warn!(delay_ms = delay.as_millis(), crashes, "restart scheduled")
             }
             Report::Draining { generation } => {
@@ -381,18 +660,22 @@ impl Driver {
             Report::Exited { generation, status } => {
                 let worker = self.workers.remove(&generation);
                 let pid = worker.as_ref().and_then(|w| w.pid).unwrap_or(0);
-                let drain_ms = worker
-                    .and_then(|w| w.drain_started)
-                    .map_or(0, |t| t.elapsed().as_millis());
+                let drain = worker.and_then(|w| w.drain_started).map(|t| t.elapsed());
+                let drain_ms = drain.map_or(0, |d| d.as_millis());
                 let status = status.map_or_else(|| "never started".to_owned(), |s| s.to_string());
+                self.reloads.on_exited(generation, &status, drain);
                 tracing::info!(generation, pid, %status, drain_ms, "exited")
             }
             Report::ShuttingDown { force } => tracing::info!(force, "shutting down"),
         }
     }
 
-    fn finish(self) {
+    fn finish(mut self) {
         tracing::info!("every worker is gone: exiting");
+        self.reloads.close("baton has stopped");
+        if let Some(path) = &self.control_path {
+            let _ = std::fs::remove_file(path);
+        }
         let Driver {
             guardian,
             guardian_reaped,
@@ -404,5 +687,14 @@ impl Driver {
         if let Some(guardian) = guardian {
             guardian.finish(guardian_reaped);
         }
+    }
+}
+
+/// Aborts a server task when the driver's loop ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

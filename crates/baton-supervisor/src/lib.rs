@@ -2,16 +2,22 @@
 //! generations on them, and replaces one generation with the next without
 //! ever closing a socket.
 //!
-//! - [`listeners`]: parse listener specs, bind them.
+//! - [`listeners`]: parse listener specs, bind them or adopt inherited ones.
 //! - [`spawn`]: fork/exec a worker with its sockets at fds 3.. and `LISTEN_PID`.
 //! - [`machine`]: the reload state machine, pure.
 //! - [`driver`]: runs the machine on tokio.
 //! - [`notify`]: the per-generation `NOTIFY_SOCKET` receivers.
 //! - [`guardian`]: kills every worker group if baton itself dies.
+//! - [`control`]: the control socket behind `baton ctl`.
+//! - [`status`]: what `status` reports, and the sampler of worker costs.
+//! - [`metrics`]: Prometheus metrics and `/status` over HTTP.
 
+pub mod control;
 pub mod driver;
 pub mod guardian;
 pub mod listeners;
 pub mod machine;
+pub mod metrics;
 pub mod notify;
 pub mod spawn;
+pub mod status;

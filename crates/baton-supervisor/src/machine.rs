@@ -385,6 +385,12 @@ impl Machine {
         &self.settings
     }
 
+    /// New settings (a re-read config file); they apply to decisions from
+    /// now on, timers already running keep their delays.
+    pub fn set_settings(&mut self, settings: Settings) {
+        self.settings = settings;
+    }
+
     /// Every generation not yet gone, oldest first.
     pub fn generations(&self) -> impl Iterator<Item = (Generation, &GenerationState)> {
         self.generations.iter().map(|(&g, s)| (g, s))

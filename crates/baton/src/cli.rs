@@ -3,6 +3,8 @@
 //! exit code 2.
 
 use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use baton_supervisor::listeners::ListenerSpec;
@@ -40,45 +42,106 @@ pub enum LogFormat {
 pub enum Command {
     /// Bind the sockets and run COMMAND on them; SIGHUP reloads, SIGTERM stops.
     Run(RunArgs),
+    /// Talk to a running baton through its control socket.
+    Ctl(CtlArgs),
+    /// Validate a config file and print the settings it resolves to.
+    Check(CheckArgs),
 }
 
-/// `baton run`.
-#[derive(Debug, Args)]
+/// `baton run`. Every option may also come from `--config`; the command
+/// line wins. Defaults are applied after merging, so they are listed here
+/// in the help text rather than as clap defaults.
+#[derive(Debug, Clone, Args)]
 pub struct RunArgs {
+    /// A TOML file with any of these options (see baton.toml.example).
+    /// It is re-read on every reload.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// A socket to listen on: [NAME=]SPEC with SPEC one of HOST:PORT, :PORT
     /// (all interfaces), [::1]:PORT, tcp://HOST:PORT, unix:/path. Repeatable;
     /// workers get them at fds 3, 4, … in this order.
-    #[arg(long = "listen", short = 'l', value_name = "[NAME=]SPEC", required = true, value_parser = parse_listener)]
+    #[arg(long = "listen", short = 'l', value_name = "[NAME=]SPEC", value_parser = parse_listener)]
     pub listen: Vec<String>,
-    /// Length of each socket's accept queue.
-    #[arg(long, value_name = "N", default_value_t = 1024, value_parser = clap::value_parser!(i32).range(1..))]
-    pub backlog: i32,
+    /// Length of each socket's accept queue [default: 1024].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(i32).range(1..))]
+    pub backlog: Option<i32>,
     /// File mode of unix sockets, in octal (e.g. 0660).
     #[arg(long, value_name = "MODE", value_parser = parse_mode)]
     pub unix_mode: Option<u32>,
     /// When a new worker counts as ready: `notify` (it sends READY=1 to
-    /// NOTIFY_SOCKET) or `delay=DURATION` (still alive after it).
-    #[arg(long, value_name = "notify|delay=DURATION", default_value = "delay=1s", value_parser = parse_readiness)]
-    pub ready: Readiness,
-    /// How long a new worker may take to become ready.
-    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
-    pub ready_timeout: Duration,
-    /// The signal that asks a worker to drain and exit.
-    #[arg(long, value_name = "SIGNAL", default_value = "TERM", value_parser = parse_signal)]
-    pub stop_signal: Signal,
-    /// How long a worker may drain before its process group is killed.
-    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
-    pub drain_timeout: Duration,
-    /// The most generations draining at once; a reload beyond it kills the oldest.
-    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..))]
-    pub max_draining: u16,
+    /// NOTIFY_SOCKET) or `delay=DURATION` (still alive after it) [default: delay=1s].
+    #[arg(long, value_name = "notify|delay=DURATION", value_parser = parse_readiness)]
+    pub ready: Option<Readiness>,
+    /// How long a new worker may take to become ready [default: 60s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub ready_timeout: Option<Duration>,
+    /// The signal that asks a worker to drain and exit [default: TERM].
+    #[arg(long, value_name = "SIGNAL", value_parser = parse_signal)]
+    pub stop_signal: Option<Signal>,
+    /// How long a worker may drain before its process group is killed [default: 30s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub drain_timeout: Option<Duration>,
+    /// The most generations draining at once; a reload beyond it kills the oldest [default: 4].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub max_draining: Option<u16>,
+    /// This baton's name, for its control socket [default: the command's file name].
+    #[arg(long, value_name = "NAME", value_parser = parse_name)]
+    pub name: Option<String>,
+    /// The control socket's path, or `none` [default: /run/baton/NAME.sock
+    /// for root, else $XDG_RUNTIME_DIR/baton/NAME.sock].
+    #[arg(long, value_name = "PATH|none", env = "BATON_CONTROL")]
+    pub control: Option<PathBuf>,
+    /// The control socket's file mode; peers of another uid are refused
+    /// anyway (root excepted) [default: 0600].
+    #[arg(long, value_name = "MODE", value_parser = parse_mode)]
+    pub control_mode: Option<u32>,
+    /// Serve GET /metrics (Prometheus) and GET /status on this address.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
     /// The worker's command and its arguments.
     /// (Checked by hand, not by clap: clap's "required" error spans lines.)
     #[arg(value_name = "COMMAND", num_args = 1.., trailing_var_arg = true, allow_hyphen_values = true)]
     pub command: Vec<OsString>,
 }
 
-fn parse_listener(spec: &str) -> Result<String, String> {
+/// `baton ctl`.
+#[derive(Debug, Args)]
+pub struct CtlArgs {
+    /// The baton to talk to, by name.
+    #[arg(long, value_name = "NAME", conflicts_with = "control", value_parser = parse_name)]
+    pub name: Option<String>,
+    /// The baton to talk to, by control socket path.
+    #[arg(long, value_name = "PATH", env = "BATON_CONTROL")]
+    pub control: Option<PathBuf>,
+    /// Print the JSON response instead of a table.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// What to ask.
+    #[command(subcommand)]
+    pub action: CtlAction,
+}
+
+/// What `baton ctl` asks.
+#[derive(Debug, Clone, Copy, Subcommand)]
+pub enum CtlAction {
+    /// Listeners, generations and what they cost, reloads, counters.
+    Status,
+    /// Reload and wait for the outcome; exits 1 if the reload failed.
+    Reload,
+    /// Drain every generation and stop baton.
+    Stop,
+}
+
+/// `baton check`.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// The config file to check.
+    #[arg(long, value_name = "FILE", required = true)]
+    pub config: PathBuf,
+}
+
+/// Check a listener spec; it is parsed again, with its index, later.
+pub fn parse_listener(spec: &str) -> Result<String, String> {
     ListenerSpec::parse(spec, 0).map_err(|e| e.to_string())?;
     Ok(spec.to_owned())
 }
@@ -104,7 +167,22 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .ok_or_else(expected)
 }
 
-fn parse_readiness(text: &str) -> Result<Readiness, String> {
+/// A name that can be a file name: letters, digits, `-`, `_`, `.`, `@`.
+pub fn parse_name(name: &str) -> Result<String, String> {
+    let valid = !name.is_empty()
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c));
+    if valid {
+        Ok(name.to_owned())
+    } else {
+        Err("expected a name of letters, digits, '-', '_', '.' or '@'".to_owned())
+    }
+}
+
+/// `notify` or `delay=DURATION`.
+pub fn parse_readiness(text: &str) -> Result<Readiness, String> {
     match text.split_once('=') {
         None if text == "notify" => Ok(Readiness::Notify),
         Some(("delay", delay)) => parse_duration(delay).map(Readiness::Delay),
@@ -112,7 +190,8 @@ fn parse_readiness(text: &str) -> Result<Readiness, String> {
     }
 }
 
-fn parse_signal(text: &str) -> Result<Signal, String> {
+/// `TERM`, `SIGTERM` or a number; not KILL or STOP.
+pub fn parse_signal(text: &str) -> Result<Signal, String> {
     let upper = text.to_ascii_uppercase();
     let name = if upper.starts_with("SIG") {
         upper
@@ -132,7 +211,8 @@ fn parse_signal(text: &str) -> Result<Signal, String> {
     }
 }
 
-fn parse_mode(text: &str) -> Result<u32, String> {
+/// An octal file mode such as `0660`.
+pub fn parse_mode(text: &str) -> Result<u32, String> {
     u32::from_str_radix(text, 8)
         .ok()
         .filter(|mode| *mode <= 0o777)

@@ -2,29 +2,34 @@
 //! parses the command line and wires the pieces of `baton-supervisor`.
 
 mod cli;
+mod config;
+mod ctl_output;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use baton_supervisor::driver::{Config, Driver};
+use baton_supervisor::control;
+use baton_supervisor::driver::{Config, Driver, Reloader};
 use baton_supervisor::guardian::Guardian;
-use baton_supervisor::listeners::{self, BindOptions, ListenerSpec};
-use baton_supervisor::machine::Settings;
-use baton_supervisor::spawn::{WorkerCommand, resolve_program};
+use baton_supervisor::listeners;
+use baton_supervisor::spawn::resolve_program;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use crate::cli::{Cli, Command, LogFormat, RunArgs};
+use crate::cli::{CheckArgs, Cli, Command, CtlAction, CtlArgs, LogFormat, RunArgs};
+use crate::config::ConfigError;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format, &cli.log_level);
     let result = match cli.command {
-        Command::Run(args) => run(args),
+        Command::Run(args) => run(args).map(|()| ExitCode::SUCCESS),
+        Command::Ctl(args) => ctl(args),
+        Command::Check(args) => check(args).map(|()| ExitCode::SUCCESS),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(error) => {
             eprintln!("baton: error: {error:#}");
             ExitCode::FAILURE
@@ -47,7 +52,62 @@ fn init_logging(format: LogFormat, level: &str) {
 /// `baton run`: everything that can fail on bad input fails here, before a
 /// single process starts.
 fn run(args: RunArgs) -> anyhow::Result<()> {
-    let config = prepare(args)?;
+    let resolved = match config::resolve_with_file(&args) {
+        Ok(resolved) => resolved,
+        Err(error @ (ConfigError::NoCommand | ConfigError::NoListener)) => {
+            usage_error(clap::error::ErrorKind::MissingRequiredArgument, error)
+        }
+        Err(error @ ConfigError::Listener(listeners::ListenError::DuplicateName(_))) => {
+            usage_error(clap::error::ErrorKind::ValueValidation, error)
+        }
+        Err(error) => return Err(error.into()),
+    };
+    resolve_program(
+        &resolved.plan.command.program,
+        resolved.plan.command.cwd.as_deref(),
+    )?;
+    let listeners = listeners::bind_all(&resolved.plan.listeners, resolved.plan.bind)?;
+    for listener in &listeners {
+        tracing::info!(
+            name = %listener.name(),
+            addr = %listener.local_address(),
+            backlog = resolved.plan.bind.backlog,
+            "listening"
+        );
+    }
+    let control = resolved
+        .control
+        .as_ref()
+        .map(|path| control::bind(path, resolved.control_mode).map(|l| (l, path.clone())))
+        .transpose()?;
+    if let Some((_, path)) = &control {
+        tracing::info!(path = %path.display(), "control socket");
+    }
+    let metrics = resolved
+        .metrics
+        .map(|addr| {
+            std::net::TcpListener::bind(addr)
+                .with_context(|| format!("cannot serve metrics on --metrics {addr}"))
+        })
+        .transpose()?;
+    if let Some(listener) = &metrics {
+        tracing::info!(addr = %listener.local_addr()?, "metrics");
+    }
+    let reloader: Option<Reloader> = args.config.is_some().then(|| {
+        let args = args.clone();
+        Box::new(move || {
+            config::resolve_with_file(&args)
+                .map(|r| r.plan)
+                .map_err(|e| e.to_string())
+        }) as Reloader
+    });
+    let config = Config {
+        listeners,
+        plan: resolved.plan,
+        control,
+        metrics,
+        reloader,
+    };
     // Forked while baton has one thread: before the runtime exists.
     let guardian = Guardian::start().context("cannot start the guardian process")?;
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -72,54 +132,45 @@ fn usage_error(kind: clap::error::ErrorKind, message: impl std::fmt::Display) ->
     run.bin_name("baton run").error(kind, message).exit()
 }
 
-fn prepare(args: RunArgs) -> anyhow::Result<Config> {
-    let specs = args
-        .listen
-        .iter()
-        .enumerate()
-        .map(|(index, spec)| ListenerSpec::parse(spec, index))
-        .collect::<Result<Vec<_>, _>>()?;
-    if let Err(error) = listeners::check_names(&specs) {
-        usage_error(clap::error::ErrorKind::ValueValidation, error);
-    }
-    let mut command_line = args.command.into_iter();
-    let Some(program) = command_line.next() else {
-        usage_error(
-            clap::error::ErrorKind::MissingRequiredArgument,
-            "no worker COMMAND given: baton run [OPTIONS] -- COMMAND [ARGS...]",
-        );
+/// `baton check`: resolve the file as `baton run --config FILE` would.
+fn check(args: CheckArgs) -> anyhow::Result<()> {
+    let run = RunArgs {
+        config: Some(args.config),
+        ..empty_run_args()
     };
-    let command = WorkerCommand {
-        program,
-        args: command_line.collect(),
-        cwd: None,
-    };
-    resolve_program(&command.program, None)?;
+    let resolved = config::resolve_with_file(&run)?;
+    println!("{}", config::render(&resolved));
+    Ok(())
+}
 
-    let options = BindOptions {
-        backlog: args.backlog,
-        unix_mode: args.unix_mode,
-    };
-    let listeners = listeners::bind_all(&specs, options)?;
-    for listener in &listeners {
-        tracing::info!(
-            name = %listener.name(),
-            addr = %listener.local_address(),
-            backlog = args.backlog,
-            "listening"
-        );
+fn empty_run_args() -> RunArgs {
+    match Cli::parse_from(["baton", "run"]).command {
+        Command::Run(args) => args,
+        _ => unreachable!("parsed `run`"),
     }
-    let settings = Settings {
-        readiness: args.ready,
-        ready_timeout: args.ready_timeout,
-        stop_signal: args.stop_signal,
-        drain_timeout: args.drain_timeout,
-        max_draining: usize::from(args.max_draining),
-        ..Settings::default()
+}
+
+/// `baton ctl`: one request, one response.
+fn ctl(args: CtlArgs) -> anyhow::Result<ExitCode> {
+    let path = match (&args.control, &args.name) {
+        (Some(path), _) => path.clone(),
+        (None, Some(name)) => control::default_path(name),
+        (None, None) => control::discover()?,
     };
-    Ok(Config {
-        listeners,
-        command,
-        settings,
+    let command = match args.action {
+        CtlAction::Status => control::Command::Status,
+        CtlAction::Reload => control::Command::Reload,
+        CtlAction::Stop => control::Command::Stop,
+    };
+    let response = control::request(&path, command)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&response)?);
+    } else {
+        print!("{}", ctl_output::render(&response));
+    }
+    Ok(if response.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     })
 }

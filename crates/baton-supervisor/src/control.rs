@@ -1,0 +1,414 @@
+//! The control socket behind `baton ctl`: a unix stream socket speaking
+//! JSON lines, one request and one response per line (docs/protocol.md).
+//!
+//! Each connection has its own task, and the driver answers through a
+//! oneshot channel, so a slow or stuck client only ever blocks itself.
+//! Peers of another uid are refused (`SO_PEERCRED`; root may always
+//! connect), whatever the socket file's mode says.
+
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream as StdUnixStream;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::status::{ReloadRecord, Status};
+
+/// The protocol version this baton speaks.
+pub const VERSION: u32 = 1;
+
+/// The longest request line accepted, in bytes.
+pub const MAX_REQUEST: usize = 64 * 1024;
+
+/// What went wrong with the control socket.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// A live baton already answers on the path.
+    #[error(
+        "another baton is already running with control socket {0}: stop it, or give this one another --name or --control"
+    )]
+    InUse(PathBuf),
+    /// No control socket could be found for `baton ctl`.
+    #[error("{0}")]
+    NotFound(String),
+    /// A system call failed.
+    #[error("control socket {path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The error.
+        source: io::Error,
+    },
+    /// The response was not valid.
+    #[error("baton answered something that is not a protocol response: {0}")]
+    Protocol(String),
+}
+
+/// A request, as sent on the wire: `{"v":1,"cmd":"status"}`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Request {
+    /// The protocol version.
+    pub v: u32,
+    /// The command.
+    pub cmd: Command,
+}
+
+/// The commands.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Command {
+    /// Report listeners, generations, reloads and counters.
+    Status,
+    /// Reload, wait for the outcome.
+    Reload,
+    /// Drain every generation and exit.
+    Stop,
+}
+
+/// A response: `ok`, and what the command returns, or `error`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Response {
+    /// The protocol version.
+    pub v: u32,
+    /// Whether the command succeeded (a failed reload is `false`).
+    pub ok: bool,
+    /// Why not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// For `status`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<Box<Status>>,
+    /// For `reload`: the reload, complete or failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reload: Option<ReloadRecord>,
+}
+
+impl Response {
+    /// A success with nothing more to say.
+    pub fn ok() -> Self {
+        Response {
+            v: VERSION,
+            ok: true,
+            ..Response::default()
+        }
+    }
+
+    /// A failure.
+    pub fn error(message: impl Into<String>) -> Self {
+        Response {
+            v: VERSION,
+            ok: false,
+            error: Some(message.into()),
+            ..Response::default()
+        }
+    }
+}
+
+/// A request handed to the driver, with the channel for its answer.
+#[derive(Debug)]
+pub struct Call {
+    /// The command.
+    pub command: Command,
+    /// Where the answer goes.
+    pub reply: oneshot::Sender<Response>,
+}
+
+/// The directory where control sockets live by default: `/run/baton` for
+/// root, `$XDG_RUNTIME_DIR/baton` otherwise, else `/tmp/baton-UID`.
+pub fn default_dir() -> PathBuf {
+    let uid = nix::unistd::geteuid();
+    if uid.is_root() {
+        return PathBuf::from("/run/baton");
+    }
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir).join("baton"),
+        _ => PathBuf::from(format!("/tmp/baton-{uid}")),
+    }
+}
+
+/// The default control socket of the baton named `name`.
+pub fn default_path(name: &str) -> PathBuf {
+    default_dir().join(format!("{name}.sock"))
+}
+
+/// Find the control socket for `baton ctl` when no name or path is given:
+/// the only one in [`default_dir`], or an error listing them.
+pub fn discover() -> Result<PathBuf, ControlError> {
+    let dir = default_dir();
+    let mut sockets: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|e| e == "sock"))
+                .collect()
+        })
+        .unwrap_or_default();
+    sockets.sort();
+    match sockets.len() {
+        0 => Err(ControlError::NotFound(format!(
+            "no running baton found (no control socket in {}): is baton running as this user? use --name or --control",
+            dir.display()
+        ))),
+        1 => Ok(sockets.remove(0)),
+        _ => {
+            let names: Vec<String> = sockets
+                .iter()
+                .filter_map(|p| p.file_stem()?.to_str().map(str::to_owned))
+                .collect();
+            Err(ControlError::NotFound(format!(
+                "several batons are running ({}): choose one with --name",
+                names.join(", ")
+            )))
+        }
+    }
+}
+
+/// Bind the control socket: refuse if a live baton answers there, replace
+/// a stale file, create the directory (mode 0700) if needed, and set the
+/// socket's mode. Call it before the runtime starts; [`serve`] takes it on.
+pub fn bind(path: &Path, mode: u32) -> Result<std::os::unix::net::UnixListener, ControlError> {
+    let io_err = |source| ControlError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    if let Some(dir) = path.parent()
+        && !dir.as_os_str().is_empty()
+        && !dir.exists()
+    {
+        std::fs::create_dir_all(dir).map_err(io_err)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io_err)?;
+    }
+    if path.exists() {
+        match StdUnixStream::connect(path) {
+            Ok(_) => return Err(ControlError::InUse(path.to_owned())),
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                std::fs::remove_file(path).map_err(io_err)?;
+            }
+            Err(e) => return Err(io_err(e)),
+        }
+    }
+    let listener = std::os::unix::net::UnixListener::bind(path).map_err(io_err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(io_err)?;
+    Ok(listener)
+}
+
+/// Accept control connections until the task is dropped; each request
+/// becomes a [`Call`] to the driver.
+pub async fn serve(listener: std::os::unix::net::UnixListener, calls: mpsc::Sender<Call>) {
+    if let Err(error) = listener.set_nonblocking(true) {
+        tracing::error!(%error, "control socket disabled");
+        return;
+    }
+    let listener = match UnixListener::from_std(listener) {
+        Ok(listener) => listener,
+        Err(error) => {
+            tracing::error!(%error, "control socket disabled");
+            return;
+        }
+    };
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                tokio::spawn(connection(stream, calls.clone()));
+            }
+            Err(error) => tracing::warn!(%error, "control socket: accept failed"),
+        }
+    }
+}
+
+/// Whether a peer may talk to baton: the same uid, or root.
+fn allowed(stream: &UnixStream) -> Result<(), String> {
+    let ours = nix::unistd::geteuid().as_raw();
+    match stream.peer_cred() {
+        Ok(cred) if cred.uid() == ours || cred.uid() == 0 => Ok(()),
+        Ok(cred) => Err(format!(
+            "permission denied: uid {} may not control this baton (uid {ours})",
+            cred.uid()
+        )),
+        Err(e) => Err(format!(
+            "permission denied: cannot read peer credentials: {e}"
+        )),
+    }
+}
+
+async fn connection(stream: UnixStream, calls: mpsc::Sender<Call>) {
+    let refusal = allowed(&stream).err();
+    let (read, mut write) = stream.into_split();
+    if let Some(refusal) = refusal {
+        tracing::warn!(%refusal, "control connection refused");
+        let _ = send(&mut write, &Response::error(refusal)).await;
+        return;
+    }
+    let mut reader = BufReader::new(read);
+    loop {
+        let response = match read_line(&mut reader).await {
+            Ok(Some(Ok(line))) => match parse(&line) {
+                Ok(command) => call(&calls, command).await,
+                Err(error) => Response::error(error),
+            },
+            Ok(Some(Err(too_long))) => Response::error(too_long),
+            Ok(None) | Err(_) => return,
+        };
+        if send(&mut write, &response).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Read one line of at most [`MAX_REQUEST`] bytes. An over-long line is
+/// consumed to its end and reported, so the connection can go on.
+async fn read_line<R: tokio::io::AsyncBufRead + Unpin>(
+    reader: &mut R,
+) -> io::Result<Option<Result<String, String>>> {
+    let mut line = Vec::new();
+    let mut too_long = false;
+    loop {
+        let buf = reader.fill_buf().await?;
+        if buf.is_empty() {
+            return Ok(None);
+        }
+        let (chunk, done) = match buf.iter().position(|&b| b == b'\n') {
+            Some(end) => (&buf[..end], end + 1),
+            None => (buf, 0),
+        };
+        if !too_long {
+            line.extend_from_slice(chunk);
+            if line.len() > MAX_REQUEST {
+                too_long = true;
+                line = Vec::new();
+            }
+        }
+        let used = if done > 0 { done } else { chunk.len() };
+        reader.consume(used);
+        if done > 0 {
+            break;
+        }
+    }
+    if too_long {
+        return Ok(Some(Err(format!(
+            "request too large: the limit is {MAX_REQUEST} bytes per line"
+        ))));
+    }
+    Ok(Some(Ok(String::from_utf8_lossy(&line).into_owned())))
+}
+
+/// Parse a request line.
+pub fn parse(line: &str) -> Result<Command, String> {
+    let value: serde_json::Value =
+        serde_json::from_str(line).map_err(|e| format!("invalid JSON: {e}"))?;
+    match value.get("v").and_then(|v| v.as_u64()) {
+        Some(v) if v == u64::from(VERSION) => {}
+        Some(v) => {
+            return Err(format!(
+                "unsupported protocol version {v}: this baton speaks {VERSION}"
+            ));
+        }
+        None => {
+            return Err(format!(
+                "missing protocol version: send {{\"v\":{VERSION},\"cmd\":…}}"
+            ));
+        }
+    }
+    let request: Request = serde_json::from_value(value)
+        .map_err(|e| format!("invalid request: {e} (commands: status, reload, stop)"))?;
+    Ok(request.cmd)
+}
+
+async fn call(calls: &mpsc::Sender<Call>, command: Command) -> Response {
+    let (reply, answer) = oneshot::channel();
+    if calls.send(Call { command, reply }).await.is_err() {
+        return Response::error("baton is shutting down");
+    }
+    answer
+        .await
+        .unwrap_or_else(|_| Response::error("baton is shutting down"))
+}
+
+async fn send(write: &mut tokio::net::unix::OwnedWriteHalf, response: &Response) -> io::Result<()> {
+    let mut line = serde_json::to_vec(response).expect("a response serializes");
+    line.push(b'\n');
+    write.write_all(&line).await
+}
+
+/// The client side: send one command, wait for its response (a reload
+/// waits for its outcome, however long it takes).
+pub fn request(path: &Path, command: Command) -> Result<Response, ControlError> {
+    use std::io::{BufRead, Write};
+    let io_err = |source| ControlError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let mut stream = StdUnixStream::connect(path).map_err(io_err)?;
+    let mut line = serde_json::to_vec(&Request {
+        v: VERSION,
+        cmd: command,
+    })
+    .expect("serializes");
+    line.push(b'\n');
+    stream.write_all(&line).map_err(io_err)?;
+    let mut answer = String::new();
+    std::io::BufReader::new(stream)
+        .read_line(&mut answer)
+        .map_err(io_err)?;
+    serde_json::from_str(&answer).map_err(|e| ControlError::Protocol(format!("{e}: {answer:?}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_parse_strictly() {
+        assert_eq!(parse(r#"{"v":1,"cmd":"status"}"#), Ok(Command::Status));
+        assert_eq!(parse(r#"{"v":1,"cmd":"reload"}"#), Ok(Command::Reload));
+        assert!(parse("status").unwrap_err().starts_with("invalid JSON"));
+        assert!(
+            parse(r#"{"cmd":"status"}"#)
+                .unwrap_err()
+                .contains("missing protocol version")
+        );
+        assert!(
+            parse(r#"{"v":2,"cmd":"status"}"#)
+                .unwrap_err()
+                .contains("unsupported")
+        );
+        assert!(
+            parse(r#"{"v":1,"cmd":"dance"}"#)
+                .unwrap_err()
+                .contains("commands: status, reload, stop")
+        );
+    }
+
+    #[tokio::test]
+    async fn an_oversized_line_is_an_error_and_the_next_line_is_read() {
+        let mut input = vec![b'x'; MAX_REQUEST + 10];
+        input.push(b'\n');
+        input.extend_from_slice(b"{\"v\":1}\n");
+        let mut reader = BufReader::with_capacity(1024, &input[..]);
+        assert!(read_line(&mut reader).await.unwrap().unwrap().is_err());
+        assert_eq!(
+            read_line(&mut reader).await.unwrap().unwrap(),
+            Ok("{\"v\":1}".to_owned())
+        );
+        assert_eq!(read_line(&mut reader).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn a_live_socket_is_refused_and_a_stale_one_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/app.sock");
+        let live = bind(&path, 0o600).unwrap();
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert!(matches!(bind(&path, 0o600), Err(ControlError::InUse(_))));
+        drop(live);
+        bind(&path, 0o600).expect("a stale socket file is replaced");
+    }
+}

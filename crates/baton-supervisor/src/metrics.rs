@@ -1,0 +1,211 @@
+//! `--metrics ADDR`: `GET /metrics` in the Prometheus text format and
+//! `GET /status` (the JSON of `baton ctl status`), served with hyper from
+//! the snapshot the driver publishes. Anything else is 404.
+
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::sync::watch;
+
+use crate::status::Status;
+
+/// Bucket bounds, in seconds, shared by the duration histograms.
+const BUCKETS: [f64; 12] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// A cumulative histogram of durations with fixed buckets.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Histogram {
+    counts: [u64; BUCKETS.len()],
+    count: u64,
+    sum: f64,
+}
+
+impl Histogram {
+    /// Record one duration.
+    pub fn observe(&mut self, duration: Duration) {
+        let seconds = duration.as_secs_f64();
+        for (bound, count) in BUCKETS.iter().zip(&mut self.counts) {
+            if seconds <= *bound {
+                *count += 1;
+            }
+        }
+        self.count += 1;
+        self.sum += seconds;
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} histogram");
+        for (bound, count) in BUCKETS.iter().zip(&self.counts) {
+            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {count}");
+        }
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", self.count);
+        let _ = writeln!(out, "{name}_sum {}", self.sum);
+        let _ = writeln!(out, "{name}_count {}", self.count);
+    }
+}
+
+/// What the driver publishes for the metrics server.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// The status, as `ctl status` reports it.
+    pub status: Status,
+    /// Request to completion of successful reloads.
+    pub reload_duration: Histogram,
+    /// Spawn to ready of every generation.
+    pub time_to_ready: Histogram,
+}
+
+/// Render the Prometheus text exposition format (version 0.0.4).
+pub fn render(snapshot: &Snapshot) -> String {
+    let status = &snapshot.status;
+    let c = &status.counters;
+    let mut out = String::new();
+    let mut family = |name: &str, kind: &str, help: &str, samples: &[(String, String)]| {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        for (labels, value) in samples {
+            let _ = writeln!(out, "{name}{labels} {value}");
+        }
+    };
+    family(
+        "baton_up",
+        "gauge",
+        "1 while baton runs.",
+        &[(String::new(), "1".into())],
+    );
+    family(
+        "baton_reloads_total",
+        "counter",
+        "Reloads by result.",
+        &[
+            ("{result=\"ok\"}".into(), c.reloads_ok.to_string()),
+            ("{result=\"failed\"}".into(), c.reloads_failed.to_string()),
+        ],
+    );
+    family(
+        "baton_worker_crashes_total",
+        "counter",
+        "Active workers that exited on their own.",
+        &[(String::new(), c.crashes.to_string())],
+    );
+    family(
+        "baton_worker_restarts_total",
+        "counter",
+        "Generations started after a crash rather than by a reload.",
+        &[(String::new(), c.restarts.to_string())],
+    );
+    let per_generation = |value: &dyn Fn(&crate::status::GenerationStatus) -> String| {
+        status
+            .generations
+            .iter()
+            .map(|g| (format!("{{generation=\"{}\"}}", g.generation), value(g)))
+            .collect::<Vec<_>>()
+    };
+    family(
+        "baton_worker_cpu_seconds_total",
+        "counter",
+        "CPU time of each live generation's processes.",
+        &per_generation(&|g| g.cpu_seconds.to_string()),
+    );
+    family(
+        "baton_worker_rss_bytes",
+        "gauge",
+        "Resident memory of each live generation's processes.",
+        &per_generation(&|g| g.rss_bytes.to_string()),
+    );
+    family(
+        "baton_worker_open_fds",
+        "gauge",
+        "Open file descriptors of each live generation's processes.",
+        &per_generation(&|g| g.open_fds.to_string()),
+    );
+    snapshot.reload_duration.render(
+        &mut out,
+        "baton_reload_duration_seconds",
+        "From the reload request to the new generation ready and the old one signalled.",
+    );
+    snapshot.time_to_ready.render(
+        &mut out,
+        "baton_time_to_ready_seconds",
+        "From spawn to ready, for every generation.",
+    );
+    out
+}
+
+/// Serve `/metrics` and `/status` on `listener` until the task is dropped.
+pub async fn serve(listener: std::net::TcpListener, snapshots: watch::Receiver<Arc<Snapshot>>) {
+    let listener = match listener
+        .set_nonblocking(true)
+        .and_then(|()| tokio::net::TcpListener::from_std(listener))
+    {
+        Ok(listener) => listener,
+        Err(error) => {
+            tracing::error!(%error, "metrics server disabled");
+            return;
+        }
+    };
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let snapshots = snapshots.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request| {
+                let snapshot = snapshots.borrow().clone();
+                async move { Ok::<_, Infallible>(answer(&request, &snapshot)) }
+            });
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn answer(request: &Request<Incoming>, snapshot: &Snapshot) -> Response<Full<Bytes>> {
+    let (content_type, body) = match (request.method(), request.uri().path()) {
+        (&Method::GET, "/metrics") => ("text/plain; version=0.0.4", render(snapshot)),
+        (&Method::GET, "/status") => (
+            "application/json",
+            serde_json::to_string(&snapshot.status).expect("status serializes"),
+        ),
+        _ => {
+            let mut response = Response::new(Full::new(Bytes::from_static(b"not found\n")));
+            *response.status_mut() = StatusCode::NOT_FOUND;
+            return response;
+        }
+    };
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(content_type),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histograms_are_cumulative() {
+        let mut h = Histogram::default();
+        h.observe(Duration::from_millis(3));
+        h.observe(Duration::from_millis(300));
+        let mut out = String::new();
+        h.render(&mut out, "x", "help");
+        assert!(out.contains("x_bucket{le=\"0.005\"} 1\n"), "{out}");
+        assert!(out.contains("x_bucket{le=\"0.5\"} 2\n"), "{out}");
+        assert!(out.contains("x_bucket{le=\"+Inf\"} 2\n"), "{out}");
+        assert!(out.contains("x_count 2\n"), "{out}");
+    }
+}

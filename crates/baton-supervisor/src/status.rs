@@ -1,0 +1,383 @@
+//! What baton reports about itself: listeners, generations with what each
+//! costs (CPU, memory, threads, descriptors), the reload history and the
+//! counters. The same value answers `baton ctl status` and `GET /status`,
+//! and feeds the Prometheus metrics.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use sysinfo::{Pid, ProcessRefreshKind, ProcessesToUpdate, System};
+
+use crate::machine::Generation;
+
+/// How many reloads the history keeps.
+pub const HISTORY: usize = 50;
+
+/// Everything `status` answers.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Status {
+    /// baton's version.
+    pub version: String,
+    /// baton's pid.
+    pub pid: u32,
+    /// Seconds since baton started.
+    pub uptime_s: f64,
+    /// The listening sockets, in fd order.
+    pub listeners: Vec<ListenerStatus>,
+    /// The live generations, oldest first.
+    pub generations: Vec<GenerationStatus>,
+    /// The last [`HISTORY`] reloads, oldest first.
+    pub reloads: Vec<ReloadRecord>,
+    /// Counters since baton started.
+    pub counters: Counters,
+}
+
+/// One listening socket.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ListenerStatus {
+    /// Its name (`LISTEN_FDNAMES`).
+    pub name: String,
+    /// Its bound address.
+    pub address: String,
+    /// Its accept queue length.
+    pub backlog: i32,
+}
+
+/// One generation and what it costs, summed over its process group.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct GenerationStatus {
+    /// Its number.
+    pub generation: Generation,
+    /// Its leader's pid (also its process group id).
+    pub pid: Option<i32>,
+    /// starting, active, draining or killing.
+    pub state: String,
+    /// When it was started, in seconds since the Unix epoch.
+    pub started_at: f64,
+    /// Spawn to ready, once ready.
+    pub ready_ms: Option<u64>,
+    /// Processes in its group at the last sample.
+    pub processes: u32,
+    /// CPU use since the previous sample, in percent of one core.
+    pub cpu_percent: f64,
+    /// CPU time used by the live processes of its group.
+    pub cpu_seconds: f64,
+    /// Resident memory of its group.
+    pub rss_bytes: u64,
+    /// Threads in its group.
+    pub threads: u64,
+    /// Open file descriptors in its group.
+    pub open_fds: u64,
+    /// Established TCP connections it still holds (sampled while draining).
+    pub connections: Option<u64>,
+}
+
+/// What started a reload.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Trigger {
+    /// SIGHUP.
+    Signal,
+    /// `baton ctl reload`.
+    Ctl,
+    /// A watched file changed.
+    Watch,
+}
+
+impl std::fmt::Display for Trigger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Trigger::Signal => "signal",
+            Trigger::Ctl => "ctl",
+            Trigger::Watch => "watch",
+        })
+    }
+}
+
+/// How a reload ended.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    /// Still running.
+    Pending,
+    /// The new generation is active, the old one was told to drain.
+    Ok,
+    /// The new generation did not become ready; the old one serves on.
+    Failed,
+}
+
+/// One reload.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ReloadRecord {
+    /// Its id, counting from 1.
+    pub id: u64,
+    /// What asked for it.
+    pub trigger: Trigger,
+    /// When, in seconds since the Unix epoch.
+    pub requested_at: f64,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// The generation it started (none if it failed before one started).
+    pub generation: Option<Generation>,
+    /// The generation it replaced.
+    pub previous: Option<Generation>,
+    /// Why it failed.
+    pub reason: Option<String>,
+    /// Spawn to ready.
+    pub ready_ms: Option<u64>,
+    /// How long the previous generation took to drain, once it has.
+    pub drain_ms: Option<u64>,
+    /// How the previous generation's leader exited.
+    pub previous_exit: Option<String>,
+}
+
+/// Counters since baton started.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Counters {
+    /// Reloads that completed.
+    pub reloads_ok: u64,
+    /// Reloads that failed.
+    pub reloads_failed: u64,
+    /// Active workers that died on their own.
+    pub crashes: u64,
+    /// Generations started other than by a reload (crash restarts).
+    pub restarts: u64,
+    /// The crash backoff now in force, if a restart waits.
+    pub backoff_ms: Option<u64>,
+}
+
+/// Seconds since the Unix epoch, now.
+pub fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// What one sample measured of one process group.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Usage {
+    /// Processes in the group.
+    pub processes: u32,
+    /// CPU percent of one core since the previous sample.
+    pub cpu_percent: f64,
+    /// CPU seconds of the live members.
+    pub cpu_seconds: f64,
+    /// Resident memory.
+    pub rss_bytes: u64,
+    /// Threads.
+    pub threads: u64,
+    /// Open descriptors.
+    pub open_fds: u64,
+    /// Established TCP connections (only when asked for).
+    pub connections: Option<u64>,
+}
+
+/// Samples the cost of worker process groups: CPU and memory from
+/// `sysinfo`, group membership, threads, descriptors and sockets from
+/// `/proc`, where sysinfo has no figure. Call it every few seconds, never
+/// in a tight loop.
+pub struct Sampler {
+    system: System,
+    last: Instant,
+}
+
+impl std::fmt::Debug for Sampler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sampler").finish_non_exhaustive()
+    }
+}
+
+impl Sampler {
+    /// A sampler; `None` if sysinfo cannot read this system.
+    pub fn new() -> Option<Self> {
+        Some(Sampler {
+            system: System::new().ok()?,
+            last: Instant::now(),
+        })
+    }
+
+    /// Measure each process group; `with_connections` lists the groups
+    /// whose established connections to count (the draining ones).
+    pub fn sample(
+        &mut self,
+        groups: &[i32],
+        with_connections: &HashSet<i32>,
+    ) -> HashMap<i32, Usage> {
+        let members = group_members(groups);
+        let pids: Vec<Pid> = members
+            .values()
+            .flatten()
+            .map(|&p| Pid::from_u32(p as u32))
+            .collect();
+        self.system.refresh_processes_specifics(
+            ProcessesToUpdate::Some(&pids),
+            true,
+            ProcessRefreshKind::nothing().with_cpu().with_memory(),
+        );
+        self.last = Instant::now();
+        let established = if with_connections.is_empty() {
+            HashSet::new()
+        } else {
+            established_inodes()
+        };
+        let mut usage = HashMap::new();
+        for (&pgid, pids) in &members {
+            let mut u = Usage {
+                processes: pids.len() as u32,
+                ..Usage::default()
+            };
+            let mut connections = 0;
+            for &pid in pids {
+                if let Some(p) = self.system.process(Pid::from_u32(pid as u32)) {
+                    u.cpu_percent += f64::from(p.cpu_usage());
+                    u.cpu_seconds += p.accumulated_cpu_time() as f64 / 1000.0;
+                    u.rss_bytes += p.memory();
+                }
+                u.threads += threads(pid);
+                let fds = socket_inodes(pid);
+                u.open_fds += fds.total;
+                if with_connections.contains(&pgid) {
+                    connections += fds.sockets.intersection(&established).count() as u64;
+                }
+            }
+            if with_connections.contains(&pgid) {
+                u.connections = Some(connections);
+            }
+            usage.insert(pgid, u);
+        }
+        usage
+    }
+}
+
+/// The live (not zombie) members of each process group.
+fn group_members(groups: &[i32]) -> BTreeMap<i32, Vec<i32>> {
+    let wanted: HashSet<i32> = groups.iter().copied().collect();
+    let mut members: BTreeMap<i32, Vec<i32>> = groups.iter().map(|&g| (g, Vec::new())).collect();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return members;
+    };
+    for pid in entries.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok()) {
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // After "(comm) ": state, ppid, pgrp. comm may hold spaces and ')'.
+        let Some((_, rest)) = stat.rsplit_once(") ") else {
+            continue;
+        };
+        let mut fields = rest.split(' ');
+        let state = fields.next().unwrap_or("Z");
+        let pgrp = fields.nth(1).and_then(|f| f.parse::<i32>().ok());
+        if let Some(pgrp) = pgrp.filter(|g| wanted.contains(g))
+            && state != "Z"
+            && state != "X"
+        {
+            members.entry(pgrp).or_default().push(pid);
+        }
+    }
+    members
+}
+
+fn threads(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Threads:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+struct Fds {
+    total: u64,
+    sockets: HashSet<u64>,
+}
+
+/// Count a process's descriptors and collect the inodes of its sockets.
+fn socket_inodes(pid: i32) -> Fds {
+    let mut fds = Fds {
+        total: 0,
+        sockets: HashSet::new(),
+    };
+    let Ok(entries) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return fds;
+    };
+    for entry in entries.flatten() {
+        fds.total += 1;
+        if let Ok(target) = std::fs::read_link(entry.path())
+            && let Some(inode) = target
+                .to_str()
+                .and_then(|t| t.strip_prefix("socket:["))
+                .and_then(|t| t.strip_suffix(']'))
+                .and_then(|t| t.parse().ok())
+        {
+            fds.sockets.insert(inode);
+        }
+    }
+    fds
+}
+
+/// Inodes of every established TCP socket (IPv4 and IPv6).
+fn established_inodes() -> HashSet<u64> {
+    const ESTABLISHED: &str = "01";
+    let mut inodes = HashSet::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.get(3) == Some(&ESTABLISHED)
+                && let Some(inode) = fields.get(9).and_then(|i| i.parse().ok())
+            {
+                inodes.insert(inode);
+            }
+        }
+    }
+    inodes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn samples_this_process_group() {
+        let pgid = nix::unistd::getpgrp().as_raw();
+        let mut sampler = Sampler::new().expect("sysinfo");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (_server, _) = listener.accept().unwrap();
+        let usage = sampler.sample(&[pgid], &HashSet::from([pgid]));
+        let u = &usage[&pgid];
+        assert!(u.processes >= 1);
+        assert!(u.rss_bytes > 0);
+        assert!(u.threads >= 1);
+        assert!(u.open_fds >= 3);
+        assert!(u.connections.unwrap() >= 2, "{u:?}");
+    }
+
+    #[test]
+    fn status_round_trips_through_json() {
+        let status = Status {
+            version: "1".into(),
+            reloads: vec![ReloadRecord {
+                id: 1,
+                trigger: Trigger::Ctl,
+                requested_at: 1.0,
+                outcome: Outcome::Failed,
+                generation: Some(2),
+                previous: Some(1),
+                reason: Some("not ready within 2s".into()),
+                ready_ms: None,
+                drain_ms: None,
+                previous_exit: None,
+            }],
+            ..Status::default()
+        };
+        let json = serde_json::to_string(&status).unwrap();
+        assert!(json.contains(r#""trigger":"ctl""#), "{json}");
+        assert_eq!(serde_json::from_str::<Status>(&json).unwrap(), status);
+    }
+}

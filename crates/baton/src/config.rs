@@ -1,0 +1,356 @@
+//! The config file (`--config baton.toml`) and how it merges with the
+//! command line: a flag given on the command line wins, then the file,
+//! then the default. The file is re-read on every reload.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use baton_supervisor::driver::Plan;
+use baton_supervisor::listeners::{self, BindOptions, ListenerSpec};
+use baton_supervisor::machine::{Readiness, Settings};
+use baton_supervisor::spawn::WorkerCommand;
+use nix::sys::signal::Signal;
+use serde::{Deserialize, Deserializer};
+
+use crate::cli::{self, RunArgs};
+
+/// The file, as written. Every key is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    command: Option<Vec<String>>,
+    workdir: Option<PathBuf>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    #[serde(default, deserialize_with = "listen")]
+    listen: Vec<String>,
+    backlog: Option<i32>,
+    #[serde(default, deserialize_with = "mode")]
+    unix_mode: Option<u32>,
+    #[serde(default, deserialize_with = "readiness")]
+    ready: Option<Readiness>,
+    #[serde(default, deserialize_with = "duration")]
+    ready_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "signal")]
+    stop_signal: Option<Signal>,
+    #[serde(default, deserialize_with = "duration")]
+    drain_timeout: Option<Duration>,
+    max_draining: Option<u16>,
+    #[serde(default, deserialize_with = "name")]
+    name: Option<String>,
+    control: Option<PathBuf>,
+    #[serde(default, deserialize_with = "mode")]
+    control_mode: Option<u32>,
+    metrics: Option<SocketAddr>,
+}
+
+/// Everything `baton run` needs, merged and checked.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    /// What the next generation runs with.
+    pub plan: Plan,
+    /// The name of this baton (its control socket).
+    pub name: String,
+    /// The control socket's path, `None` when turned off.
+    pub control: Option<PathBuf>,
+    /// The control socket's mode.
+    pub control_mode: u32,
+    /// Where to serve metrics.
+    pub metrics: Option<SocketAddr>,
+}
+
+/// Why the settings do not resolve.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file cannot be read or parsed; the message names file, line, key.
+    #[error("{0}")]
+    File(String),
+    /// No worker command anywhere.
+    #[error(
+        "no worker COMMAND given: baton run [OPTIONS] -- COMMAND [ARGS...], or `command` in the config file"
+    )]
+    NoCommand,
+    /// No listener anywhere.
+    #[error("no listener given: --listen [NAME=]SPEC, or `listen` in the config file")]
+    NoListener,
+    /// A listener is invalid or two share a name.
+    #[error("{0}")]
+    Listener(#[from] listeners::ListenError),
+}
+
+/// Read and parse the config file.
+pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::File(format!("cannot read {}: {e}", path.display())))?;
+    toml::from_str(&text).map_err(|e| ConfigError::File(describe(path, &text, &e)))
+}
+
+/// One line: file, line, key, and what is wrong.
+fn describe(path: &Path, text: &str, error: &toml::de::Error) -> String {
+    let message = error.message().trim_end();
+    let Some(span) = error.span() else {
+        return format!("{}: {message}", path.display());
+    };
+    let line_number = text[..span.start].matches('\n').count() + 1;
+    let line = text.lines().nth(line_number - 1).unwrap_or_default();
+    match line.split_once('=') {
+        Some((key, _)) if !line.trim_start().starts_with('[') => format!(
+            "{}: line {line_number}, key `{}`: {message}",
+            path.display(),
+            key.trim()
+        ),
+        _ => format!("{}: line {line_number}: {message}", path.display()),
+    }
+}
+
+/// Merge the command line over the file over the defaults.
+pub fn resolve(args: &RunArgs, file: Option<FileConfig>) -> Result<Resolved, ConfigError> {
+    let file = file.unwrap_or_default();
+    let listen = if args.listen.is_empty() {
+        &file.listen
+    } else {
+        &args.listen
+    };
+    if listen.is_empty() {
+        return Err(ConfigError::NoListener);
+    }
+    let specs = listen
+        .iter()
+        .enumerate()
+        .map(|(index, spec)| ListenerSpec::parse(spec, index))
+        .collect::<Result<Vec<_>, _>>()?;
+    listeners::check_names(&specs)?;
+
+    let mut command_line: Vec<OsString> = if args.command.is_empty() {
+        file.command
+            .unwrap_or_default()
+            .into_iter()
+            .map(OsString::from)
+            .collect()
+    } else {
+        args.command.clone()
+    };
+    if command_line.is_empty() {
+        return Err(ConfigError::NoCommand);
+    }
+    let program = command_line.remove(0);
+    let name = args.name.clone().or(file.name).unwrap_or_else(|| {
+        let stem = Path::new(&program)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        cli::parse_name(&stem).unwrap_or_else(|_| "baton".to_owned())
+    });
+    let control = match args.control.clone().or(file.control) {
+        Some(path) if path.as_os_str() == "none" => None,
+        Some(path) => Some(path),
+        None => Some(baton_supervisor::control::default_path(&name)),
+    };
+    let defaults = Settings::default();
+    let settings = Settings {
+        readiness: args
+            .ready
+            .or(file.ready)
+            .unwrap_or(Readiness::Delay(Duration::from_secs(1))),
+        ready_timeout: args
+            .ready_timeout
+            .or(file.ready_timeout)
+            .unwrap_or(defaults.ready_timeout),
+        stop_signal: args
+            .stop_signal
+            .or(file.stop_signal)
+            .unwrap_or(defaults.stop_signal),
+        drain_timeout: args
+            .drain_timeout
+            .or(file.drain_timeout)
+            .unwrap_or(defaults.drain_timeout),
+        max_draining: usize::from(args.max_draining.or(file.max_draining).unwrap_or(4)),
+        ..defaults
+    };
+    let plan = Plan {
+        listeners: specs,
+        bind: BindOptions {
+            backlog: args.backlog.or(file.backlog).unwrap_or(1024),
+            unix_mode: args.unix_mode.or(file.unix_mode),
+        },
+        command: WorkerCommand {
+            program,
+            args: command_line,
+            cwd: file.workdir,
+        },
+        env: file
+            .env
+            .into_iter()
+            .map(|(k, v)| (k.into(), v.into()))
+            .collect(),
+        settings,
+    };
+    Ok(Resolved {
+        plan,
+        name,
+        control,
+        control_mode: args.control_mode.or(file.control_mode).unwrap_or(0o600),
+        metrics: args.metrics.or(file.metrics),
+    })
+}
+
+/// Load the file named in `args` (if any) and resolve.
+pub fn resolve_with_file(args: &RunArgs) -> Result<Resolved, ConfigError> {
+    let file = args.config.as_deref().map(load).transpose()?;
+    resolve(args, file)
+}
+
+/// The resolved settings, one `key = value` per line, for `baton check`.
+pub fn render(resolved: &Resolved) -> String {
+    let plan = &resolved.plan;
+    let s = &plan.settings;
+    let mut out = Vec::new();
+    for spec in &plan.listeners {
+        out.push(format!("listen = {}={}", spec.name, spec.address));
+    }
+    out.push(format!("backlog = {}", plan.bind.backlog));
+    if let Some(mode) = plan.bind.unix_mode {
+        out.push(format!("unix_mode = {mode:04o}"));
+    }
+    let mut command = vec![plan.command.program.to_string_lossy().into_owned()];
+    command.extend(
+        plan.command
+            .args
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned()),
+    );
+    out.push(format!("command = {command:?}"));
+    if let Some(dir) = &plan.command.cwd {
+        out.push(format!("workdir = {}", dir.display()));
+    }
+    for (key, value) in &plan.env {
+        out.push(format!("env.{} = {:?}", key.to_string_lossy(), value));
+    }
+    out.push(match s.readiness {
+        Readiness::Notify => "ready = notify".to_owned(),
+        Readiness::Delay(d) => format!("ready = delay={d:?}"),
+    });
+    out.push(format!("ready_timeout = {:?}", s.ready_timeout));
+    out.push(format!("stop_signal = {}", s.stop_signal.as_str()));
+    out.push(format!("drain_timeout = {:?}", s.drain_timeout));
+    out.push(format!("max_draining = {}", s.max_draining));
+    out.push(format!("name = {}", resolved.name));
+    out.push(match &resolved.control {
+        Some(path) => format!("control = {}", path.display()),
+        None => "control = none".to_owned(),
+    });
+    out.push(format!("control_mode = {:04o}", resolved.control_mode));
+    if let Some(addr) = resolved.metrics {
+        out.push(format!("metrics = {addr}"));
+    }
+    out.join("\n")
+}
+
+fn parsed<'de, D, T>(d: D, parse: fn(&str) -> Result<T, String>) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+{
+    let text = String::deserialize(d)?;
+    parse(&text).map(Some).map_err(serde::de::Error::custom)
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    parsed(d, cli::parse_duration)
+}
+
+fn readiness<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Readiness>, D::Error> {
+    parsed(d, cli::parse_readiness)
+}
+
+fn signal<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Signal>, D::Error> {
+    parsed(d, cli::parse_signal)
+}
+
+fn mode<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    parsed(d, cli::parse_mode)
+}
+
+fn name<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    parsed(d, cli::parse_name)
+}
+
+fn listen<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let specs = Vec::<String>::deserialize(d)?;
+    for spec in &specs {
+        cli::parse_listener(spec).map_err(serde::de::Error::custom)?;
+    }
+    Ok(specs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn run_args(args: &[&str]) -> RunArgs {
+        let mut argv = vec!["baton", "run"];
+        argv.extend(args);
+        match crate::cli::Cli::parse_from(argv).command {
+            crate::cli::Command::Run(args) => args,
+            _ => unreachable!(),
+        }
+    }
+
+    fn file(text: &str) -> Result<FileConfig, String> {
+        toml::from_str(text).map_err(|e| describe(Path::new("baton.toml"), text, &e))
+    }
+
+    #[test]
+    fn the_command_line_wins_over_the_file() {
+        let f = file(
+            "command = [\"app\", \"--x\"]\nlisten = [\"http=127.0.0.1:8080\"]\nready = \"notify\"\ndrain_timeout = \"5s\"\n[env]\nA = \"1\"\n",
+        )
+        .unwrap();
+        let r = resolve(&run_args(&["--drain-timeout", "9s"]), Some(f)).unwrap();
+        assert_eq!(r.plan.settings.drain_timeout, Duration::from_secs(9));
+        assert_eq!(r.plan.settings.readiness, Readiness::Notify);
+        assert_eq!(r.plan.command.program, "app");
+        assert_eq!(r.name, "app");
+        assert_eq!(r.plan.env, vec![("A".into(), "1".into())]);
+        assert_eq!(r.plan.listeners[0].name, "http");
+    }
+
+    #[test]
+    fn errors_name_the_file_the_line_and_the_key() {
+        let err = file("listen = [\":8080\"]\n\nready_timeout = \"soon\"\n").unwrap_err();
+        assert!(
+            err.starts_with("baton.toml: line 3, key `ready_timeout`: expected a duration"),
+            "{err}"
+        );
+        let err = file("lisen = [\":8080\"]\n").unwrap_err();
+        assert!(
+            err.starts_with("baton.toml: line 1, key `lisen`: unknown field `lisen`"),
+            "{err}"
+        );
+        assert!(!err.contains('\n'), "one line: {err:?}");
+        let err = file("listen = [\"nohost:1\"]\n").unwrap_err();
+        assert!(
+            err.starts_with("baton.toml: line 1, key `listen`: invalid listener"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn defaults_apply_when_neither_says() {
+        let r = resolve(&run_args(&["--listen", ":0", "--", "/bin/app"]), None).unwrap();
+        assert_eq!(
+            r.plan.settings.readiness,
+            Readiness::Delay(Duration::from_secs(1))
+        );
+        assert_eq!(r.plan.bind.backlog, 1024);
+        assert_eq!(r.control_mode, 0o600);
+        assert!(r.control.unwrap().ends_with("app.sock"));
+        assert!(matches!(
+            resolve(&run_args(&["--listen", ":0"]), None),
+            Err(ConfigError::NoCommand)
+        ));
+    }
+}

@@ -1,0 +1,108 @@
+//! How `baton ctl` shows a response to a person (`--json` shows it raw).
+
+use std::fmt::Write as _;
+
+use baton_supervisor::control::Response;
+use baton_supervisor::status::{Outcome, ReloadRecord, Status};
+
+/// The text for a response.
+pub fn render(response: &Response) -> String {
+    let mut out = String::new();
+    if let Some(status) = &response.status {
+        status_table(&mut out, status);
+    }
+    if let Some(reload) = &response.reload {
+        let _ = writeln!(out, "{}", reload_line(reload));
+    } else if let Some(error) = &response.error {
+        let _ = writeln!(out, "error: {error}");
+    } else if response.status.is_none() {
+        let _ = writeln!(out, "ok");
+    }
+    out
+}
+
+fn reload_line(r: &ReloadRecord) -> String {
+    let mut line = format!(
+        "reload {} ({}): {}",
+        r.id,
+        r.trigger,
+        match r.outcome {
+            Outcome::Ok => "ok",
+            Outcome::Failed => "failed",
+            Outcome::Pending => "pending",
+        }
+    );
+    if let Some(generation) = r.generation {
+        let _ = write!(line, ", generation {generation}");
+    }
+    if let Some(previous) = r.previous {
+        let _ = write!(line, " replaces {previous}");
+    }
+    if let Some(ms) = r.ready_ms {
+        let _ = write!(line, ", ready in {ms} ms");
+    }
+    if let Some(ms) = r.drain_ms {
+        let _ = write!(line, ", old one drained in {ms} ms");
+    }
+    if let Some(exit) = &r.previous_exit {
+        let _ = write!(line, " ({exit})");
+    }
+    if let Some(reason) = &r.reason {
+        let _ = write!(line, ": {reason}");
+    }
+    line
+}
+
+fn status_table(out: &mut String, s: &Status) {
+    let _ = writeln!(
+        out,
+        "baton {} pid {} up {:.0}s",
+        s.version, s.pid, s.uptime_s
+    );
+    let _ = writeln!(out, "\nLISTENERS");
+    for l in &s.listeners {
+        let _ = writeln!(
+            out,
+            "  {:<12} {:<32} backlog {}",
+            l.name, l.address, l.backlog
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\n{:<5} {:>8} {:<9} {:>9} {:>6} {:>9} {:>8} {:>5} {:>5} {:>6}",
+        "GEN", "PID", "STATE", "READY", "CPU%", "CPU", "RSS", "THR", "FDS", "CONNS"
+    );
+    for g in &s.generations {
+        let _ = writeln!(
+            out,
+            "{:<5} {:>8} {:<9} {:>9} {:>6.1} {:>8.2}s {:>7.1}M {:>5} {:>5} {:>6}",
+            g.generation,
+            g.pid.map_or("-".into(), |p| p.to_string()),
+            g.state,
+            g.ready_ms.map_or("-".into(), |ms| format!("{ms}ms")),
+            g.cpu_percent,
+            g.cpu_seconds,
+            g.rss_bytes as f64 / (1024.0 * 1024.0),
+            g.threads,
+            g.open_fds,
+            g.connections.map_or("-".into(), |c| c.to_string()),
+        );
+    }
+    let c = &s.counters;
+    let _ = writeln!(
+        out,
+        "\nreloads ok {} failed {}, crashes {}, restarts {}{}",
+        c.reloads_ok,
+        c.reloads_failed,
+        c.crashes,
+        c.restarts,
+        c.backoff_ms
+            .map_or(String::new(), |ms| format!(", backoff {ms} ms"))
+    );
+    if !s.reloads.is_empty() {
+        let _ = writeln!(out, "\nRECENT RELOADS");
+        for r in s.reloads.iter().rev().take(10) {
+            let _ = writeln!(out, "  {}", reload_line(r));
+        }
+    }
+}
