@@ -11,6 +11,7 @@
 //! - [`control`]: the control socket behind `baton ctl`.
 //! - [`status`]: what `status` reports, and the sampler of worker costs.
 //! - [`metrics`]: Prometheus metrics and `/status` over HTTP.
+//! - [`systemd`]: baton's own sd_notify towards systemd (READY, RELOADING, STATUS, fd store).
 
 pub mod control;
 pub mod driver;
@@ -21,3 +22,4 @@ pub mod metrics;
 pub mod notify;
 pub mod spawn;
 pub mod status;
+pub mod systemd;
