@@ -37,6 +37,7 @@ use crate::metrics::{self, Histogram, Snapshot};
 use crate::notify::{Notification, NotifyDir, NotifyReceiver};
 use crate::spawn::{self, SpawnRequest, WorkerCommand};
 use crate::status::{self, GenerationStatus, ListenerStatus, Sampler, Status, Trigger, Usage};
+use crate::systemd::SystemdNotifier;
 
 /// How often to look for generations whose process group emptied without
 /// telling baton (a member reaped by another member sends no SIGCHLD here).
@@ -91,6 +92,9 @@ pub struct Config {
     pub metrics: Option<std::net::TcpListener>,
     /// Re-reads the config file on every reload, if there is one.
     pub reloader: Option<Reloader>,
+    /// baton's own notify socket towards systemd (disabled when not
+    /// started by systemd).
+    pub systemd: SystemdNotifier,
 }
 
 impl std::fmt::Debug for Config {
@@ -133,6 +137,8 @@ pub struct Driver {
     sampler: Option<Sampler>,
     usage: HashMap<i32, Usage>,
     started: Instant,
+    systemd: SystemdNotifier,
+    announced_ready: bool,
     notify_dir: NotifyDir,
     workers: BTreeMap<Generation, Worker>,
     guardian: Option<Guardian>,
@@ -179,6 +185,8 @@ impl Driver {
             sampler: Sampler::new(),
             usage: HashMap::new(),
             started: Instant::now(),
+            systemd: config.systemd,
+            announced_ready: false,
             notify_dir: NotifyDir::new().map_err(DriverError::NotifyDir)?,
             workers: BTreeMap::new(),
             guardian,
@@ -212,9 +220,22 @@ impl Driver {
             AbortOnDrop(tokio::spawn(metrics::serve(listener, rx)))
         });
 
+        self.store_fds();
+        // Pings prove that baton's own loop runs: a worker in crash
+        // backoff must not get baton killed.
+        let mut watchdog = self.systemd.watchdog_interval().map(|interval| {
+            let mut timer = tokio::time::interval(interval / 2);
+            timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            timer
+        });
+
         let mut done = self.step(Event::Start);
         while !done {
             let event = tokio::select! {
+                _ = tick(&mut watchdog) => {
+                    self.tell_systemd(|s| s.watchdog());
+                    None
+                }
                 _ = hangup.recv() => self.reload_requested(Trigger::Signal, None),
                 Some(call) = self.calls_rx.recv() => self.on_call(call),
                 _ = sample.tick() => { self.sample(); None }
@@ -244,6 +265,33 @@ impl Driver {
         Ok(())
     }
 
+    /// Push the sockets baton bound itself into systemd's fd store, so a
+    /// restarted baton gets them back (inherited ones are systemd's already).
+    fn store_fds(&self) {
+        if !self.systemd.is_enabled() {
+            return;
+        }
+        let fds: Vec<(&str, _)> = self
+            .listeners
+            .iter()
+            .filter(|l| !l.is_inherited())
+            .map(|l| (l.name(), l.as_fd()))
+            .collect();
+        if !fds.is_empty() {
+            self.tell_systemd(|s| s.store_fds(&fds));
+        }
+    }
+
+    /// Tell systemd something; a failure is logged, never fatal.
+    fn tell_systemd(
+        &self,
+        message: impl FnOnce(&SystemdNotifier) -> Result<(), crate::systemd::SystemdError>,
+    ) {
+        if let Err(error) = message(&self.systemd) {
+            tracing::warn!(%error, "cannot notify systemd");
+        }
+    }
+
     /// A reload was asked for: re-read the plan, then tell the machine.
     fn reload_requested(
         &mut self,
@@ -251,6 +299,9 @@ impl Driver {
         waiter: Option<tokio::sync::oneshot::Sender<Response>>,
     ) -> Option<Event> {
         let id = self.reloads.request(trigger, waiter);
+        if !self.machine.shutting_down() {
+            self.tell_systemd(|s| s.reloading(&format!("reload {id} ({trigger}) started")));
+        }
         if self.machine.shutting_down() {
             self.reloads.fail_unassigned("baton is shutting down");
             tracing::info!(reload = id, %trigger, "reload ignored: shutting down");
@@ -258,6 +309,7 @@ impl Driver {
         }
         if let Err(reason) = self.replan() {
             self.reloads.fail(id, &reason);
+            self.tell_systemd(|s| s.reload_done(false, &reason));
             tracing::error!(reload = id, %trigger, result = %"failed", %reason, "reload");
             return None;
         }
@@ -564,7 +616,17 @@ impl Driver {
                 }
                 self.time_to_ready.observe(ready);
                 let pid = pid_of(&self.workers, generation);
-                for record in self.reloads.on_ready(generation, previous, ready) {
+                let completed = self.reloads.on_ready(generation, previous, ready);
+                let serving = format!("generation {generation} (pid {pid}) serving");
+                if !self.announced_ready {
+                    self.announced_ready = true;
+                    self.tell_systemd(|s| s.ready(&serving));
+                } else if completed.is_empty() {
+                    self.tell_systemd(|s| s.status(&serving));
+                } else {
+                    self.tell_systemd(|s| s.reload_done(true, &serving));
+                }
+                for record in completed {
                     tracing::info!(
                         reload = record.id,
                         trigger = %record.trigger,
@@ -595,7 +657,12 @@ impl Driver {
             } => {
                 let pid = pid_of(&self.workers, generation);
                 let reason = failure.to_string();
-                for record in self.reloads.on_start_failed(generation, &reason) {
+                let failed = self.reloads.on_start_failed(generation, &reason);
+                if !failed.is_empty() {
+                    let why = format!("generation {generation}: {reason}");
+                    self.tell_systemd(|s| s.reload_done(false, &why));
+                }
+                for record in failed {
                     tracing::error!(
                         reload = record.id,
                         trigger = %record.trigger,
@@ -627,6 +694,9 @@ impl Driver {
             Report::Crashed { generation, status } => {
                 self.reloads.counters.crashes += 1;
                 let pid = pid_of(&self.workers, generation);
+                let text =
+                    format!("generation {generation} (pid {pid}) crashed ({status}); restarting");
+                self.tell_systemd(|s| s.status(&text));
                 tracing::error!(generation, pid, %status, "crashed")
             }
             Report::RestartScheduled { delay, crashes } => {
@@ -666,7 +736,10 @@ impl Driver {
                 self.reloads.on_exited(generation, &status, drain);
                 tracing::info!(generation, pid, %status, drain_ms, "exited")
             }
-            Report::ShuttingDown { force } => tracing::info!(force, "shutting down"),
+            Report::ShuttingDown { force } => {
+                self.tell_systemd(|s| s.stopping("draining every generation"));
+                tracing::info!(force, "shutting down")
+            }
         }
     }
 
@@ -696,5 +769,15 @@ struct AbortOnDrop(tokio::task::JoinHandle<()>);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+/// The next tick of an optional interval; never, without one.
+async fn tick(timer: &mut Option<tokio::time::Interval>) {
+    match timer {
+        Some(timer) => {
+            timer.tick().await;
+        }
+        None => std::future::pending().await,
     }
 }

@@ -27,6 +27,7 @@ pub const PRIVATE_VARIABLES: &[&str] = &[
     "NOTIFY_SOCKET",
     "WATCHDOG_PID",
     "WATCHDOG_USEC",
+    "FDSTORE",
     "BATON_GENERATION",
 ];
 

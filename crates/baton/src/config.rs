@@ -107,14 +107,20 @@ fn describe(path: &Path, text: &str, error: &toml::de::Error) -> String {
 }
 
 /// Merge the command line over the file over the defaults.
-pub fn resolve(args: &RunArgs, file: Option<FileConfig>) -> Result<Resolved, ConfigError> {
+/// `inherited` says whether baton was handed sockets (socket activation):
+/// then no `listen` at all means "use every inherited socket".
+pub fn resolve(
+    args: &RunArgs,
+    file: Option<FileConfig>,
+    inherited: bool,
+) -> Result<Resolved, ConfigError> {
     let file = file.unwrap_or_default();
     let listen = if args.listen.is_empty() {
         &file.listen
     } else {
         &args.listen
     };
-    if listen.is_empty() {
+    if listen.is_empty() && !inherited {
         return Err(ConfigError::NoListener);
     }
     let specs = listen
@@ -198,9 +204,9 @@ pub fn resolve(args: &RunArgs, file: Option<FileConfig>) -> Result<Resolved, Con
 }
 
 /// Load the file named in `args` (if any) and resolve.
-pub fn resolve_with_file(args: &RunArgs) -> Result<Resolved, ConfigError> {
+pub fn resolve_with_file(args: &RunArgs, inherited: bool) -> Result<Resolved, ConfigError> {
     let file = args.config.as_deref().map(load).transpose()?;
-    resolve(args, file)
+    resolve(args, file, inherited)
 }
 
 /// The resolved settings, one `key = value` per line, for `baton check`.
@@ -309,7 +315,7 @@ mod tests {
             "command = [\"app\", \"--x\"]\nlisten = [\"http=127.0.0.1:8080\"]\nready = \"notify\"\ndrain_timeout = \"5s\"\n[env]\nA = \"1\"\n",
         )
         .unwrap();
-        let r = resolve(&run_args(&["--drain-timeout", "9s"]), Some(f)).unwrap();
+        let r = resolve(&run_args(&["--drain-timeout", "9s"]), Some(f), false).unwrap();
         assert_eq!(r.plan.settings.drain_timeout, Duration::from_secs(9));
         assert_eq!(r.plan.settings.readiness, Readiness::Notify);
         assert_eq!(r.plan.command.program, "app");
@@ -340,7 +346,12 @@ mod tests {
 
     #[test]
     fn defaults_apply_when_neither_says() {
-        let r = resolve(&run_args(&["--listen", ":0", "--", "/bin/app"]), None).unwrap();
+        let r = resolve(
+            &run_args(&["--listen", ":0", "--", "/bin/app"]),
+            None,
+            false,
+        )
+        .unwrap();
         assert_eq!(
             r.plan.settings.readiness,
             Readiness::Delay(Duration::from_secs(1))
@@ -349,7 +360,7 @@ mod tests {
         assert_eq!(r.control_mode, 0o600);
         assert!(r.control.unwrap().ends_with("app.sock"));
         assert!(matches!(
-            resolve(&run_args(&["--listen", ":0"]), None),
+            resolve(&run_args(&["--listen", ":0"]), None, false),
             Err(ConfigError::NoCommand)
         ));
     }

@@ -14,6 +14,7 @@ use baton_supervisor::driver::{Config, Driver, Reloader};
 use baton_supervisor::guardian::Guardian;
 use baton_supervisor::listeners;
 use baton_supervisor::spawn::resolve_program;
+use baton_supervisor::systemd::SystemdNotifier;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
@@ -52,7 +53,12 @@ fn init_logging(format: LogFormat, level: &str) {
 /// `baton run`: everything that can fail on bad input fails here, before a
 /// single process starts.
 fn run(args: RunArgs) -> anyhow::Result<()> {
-    let resolved = match config::resolve_with_file(&args) {
+    // First: systemd's variables describe this process only until baton
+    // changes anything, and inherited sockets get FD_CLOEXEC at once.
+    let inherited = listeners::inherited_from_env()?;
+    let systemd = SystemdNotifier::from_env()?;
+    let activated = !inherited.is_empty();
+    let resolved = match config::resolve_with_file(&args, activated) {
         Ok(resolved) => resolved,
         Err(error @ (ConfigError::NoCommand | ConfigError::NoListener)) => {
             usage_error(clap::error::ErrorKind::MissingRequiredArgument, error)
@@ -66,12 +72,17 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         &resolved.plan.command.program,
         resolved.plan.command.cwd.as_deref(),
     )?;
-    let listeners = listeners::bind_all(&resolved.plan.listeners, resolved.plan.bind)?;
+    let bound = listeners::resolve(&resolved.plan.listeners, inherited, resolved.plan.bind)?;
+    for unused in &bound.unused {
+        tracing::warn!(name = %unused.name(), addr = %unused.local_address(), "inherited socket matches no --listen: closing it");
+    }
+    let listeners = bound.listeners;
     for listener in &listeners {
         tracing::info!(
             name = %listener.name(),
             addr = %listener.local_address(),
             backlog = resolved.plan.bind.backlog,
+            inherited = listener.is_inherited(),
             "listening"
         );
     }
@@ -96,7 +107,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     let reloader: Option<Reloader> = args.config.is_some().then(|| {
         let args = args.clone();
         Box::new(move || {
-            config::resolve_with_file(&args)
+            config::resolve_with_file(&args, activated)
                 .map(|r| r.plan)
                 .map_err(|e| e.to_string())
         }) as Reloader
@@ -107,6 +118,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         control,
         metrics,
         reloader,
+        systemd,
     };
     // Forked while baton has one thread: before the runtime exists.
     let guardian = Guardian::start().context("cannot start the guardian process")?;
@@ -138,7 +150,7 @@ fn check(args: CheckArgs) -> anyhow::Result<()> {
         config: Some(args.config),
         ..empty_run_args()
     };
-    let resolved = config::resolve_with_file(&run)?;
+    let resolved = config::resolve_with_file(&run, false)?;
     println!("{}", config::render(&resolved));
     Ok(())
 }
