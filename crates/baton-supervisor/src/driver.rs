@@ -11,7 +11,10 @@
 //! get `PR_SET_PDEATHSIG`, which fires when the *thread* that forked them
 //! exits.
 
+mod devloop;
 mod reloads;
+
+pub use self::devloop::DevSettings;
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::ffi::OsString;
@@ -28,6 +31,7 @@ use nix::unistd::Pid;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
+use self::devloop::{Build, DevLoop, Next};
 use self::reloads::Reloads;
 use crate::control::{self, Call, Response};
 use crate::guardian::Guardian;
@@ -38,6 +42,7 @@ use crate::notify::{Notification, NotifyDir, NotifyReceiver};
 use crate::spawn::{self, SpawnRequest, WorkerCommand};
 use crate::status::{self, GenerationStatus, ListenerStatus, Sampler, Status, Trigger, Usage};
 use crate::systemd::SystemdNotifier;
+use crate::watch::{ChangeBatch, WatchError, Watcher};
 
 /// How often to look for generations whose process group emptied without
 /// telling baton (a member reaped by another member sends no SIGCHLD here).
@@ -52,6 +57,9 @@ pub enum DriverError {
     /// The private directory for notify sockets could not be created.
     #[error("cannot create the directory for notify sockets: {0}")]
     NotifyDir(io::Error),
+    /// The watched paths cannot be watched.
+    #[error("{0}")]
+    Watch(WatchError),
     /// A signal handler could not be installed.
     #[error("cannot install a signal handler: {0}")]
     Signals(io::Error),
@@ -95,6 +103,8 @@ pub struct Config {
     /// baton's own notify socket towards systemd (disabled when not
     /// started by systemd).
     pub systemd: SystemdNotifier,
+    /// The development loop (`--watch`, `--build`), if asked for.
+    pub dev: Option<DevSettings>,
 }
 
 impl std::fmt::Debug for Config {
@@ -139,6 +149,10 @@ pub struct Driver {
     started: Instant,
     systemd: SystemdNotifier,
     announced_ready: bool,
+    dev_settings: Option<DevSettings>,
+    dev: Option<DevLoop>,
+    /// Builds killed for a newer change, not reaped yet.
+    cancelled_builds: Vec<i32>,
     notify_dir: NotifyDir,
     workers: BTreeMap<Generation, Worker>,
     guardian: Option<Guardian>,
@@ -187,6 +201,9 @@ impl Driver {
             started: Instant::now(),
             systemd: config.systemd,
             announced_ready: false,
+            dev_settings: config.dev,
+            dev: None,
+            cancelled_builds: Vec::new(),
             notify_dir: NotifyDir::new().map_err(DriverError::NotifyDir)?,
             workers: BTreeMap::new(),
             guardian,
@@ -229,9 +246,27 @@ impl Driver {
             timer
         });
 
-        let mut done = self.step(Event::Start);
+        if let Some(settings) = self.dev_settings.take() {
+            let watcher = Watcher::start(settings.watch.clone())
+                .await
+                .map_err(DriverError::Watch)?;
+            self.dev = Some(DevLoop::new(watcher, &settings));
+        }
+        // With a build step, the first generation waits for the first build.
+        let mut done = if self.dev.as_ref().is_some_and(|d| d.first_start_pending) {
+            self.start_build();
+            false
+        } else {
+            self.step(Event::Start)
+        };
         while !done {
+            let dev_deadline = self.dev.as_ref().and_then(DevLoop::deadline);
             let event = tokio::select! {
+                batch = next_batch(&mut self.dev) => self.on_changes(batch),
+                _ = sleep_until(dev_deadline) => {
+                    let next = self.dev.as_mut().map_or(Next::Wait, |d| d.on_deadline(Instant::now()));
+                    self.act(next)
+                }
                 _ = tick(&mut watchdog) => {
                     self.tell_systemd(|s| s.watchdog());
                     None
@@ -263,6 +298,100 @@ impl Driver {
         }
         self.finish();
         Ok(())
+    }
+
+    /// Watched files changed.
+    fn on_changes(&mut self, batch: Result<ChangeBatch, WatchError>) -> Option<Event> {
+        let batch = match batch {
+            Ok(batch) => batch,
+            Err(WatchError::Stopped) => {
+                tracing::error!("the file watcher stopped: no more reloads on changes");
+                self.dev = None;
+                return None;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "watch");
+                return None;
+            }
+        };
+        tracing::info!(changes = batch.len(), "changed: {batch}");
+        let dev = self.dev.as_mut()?;
+        let next = dev.on_changes(batch, Instant::now());
+        self.act(next)
+    }
+
+    /// Carry out what the dev loop decided.
+    fn act(&mut self, next: Next) -> Option<Event> {
+        match next {
+            Next::Wait => None,
+            Next::Build => {
+                self.start_build();
+                None
+            }
+            Next::Reload => {
+                let first = self
+                    .dev
+                    .as_mut()
+                    .is_some_and(|d| std::mem::replace(&mut d.first_start_pending, false));
+                if first && self.machine.generations().next().is_none() {
+                    Some(Event::Start)
+                } else {
+                    self.reload_requested(Trigger::Watch, None)
+                }
+            }
+        }
+    }
+
+    /// Run the build step in its own process group, its output prefixed;
+    /// a build still running (older changes) is killed first.
+    fn start_build(&mut self) {
+        let Some(dev) = &mut self.dev else { return };
+        let Some(command) = dev.build_command.clone() else {
+            return;
+        };
+        if let Some(old) = dev.build.take() {
+            let _ = killpg(Pid::from_raw(old.pid), Signal::SIGKILL);
+            self.cancelled_builds.push(old.pid);
+            tracing::info!(pid = old.pid, "build cancelled: newer changes");
+        }
+        let started = match spawn_build(&command, &self.plan) {
+            Ok(pid) => pid,
+            Err(error) => {
+                tracing::error!(%error, "build could not start");
+                dev.on_build_unstartable(Instant::now());
+                return;
+            }
+        };
+        if let Some(guardian) = &self.guardian {
+            guardian.add(started);
+        }
+        tracing::info!(pid = started, %command, "build started");
+        dev.build = Some(Build {
+            pid: started,
+            started: Instant::now(),
+        });
+    }
+
+    /// A build process exited: reload on success, keep serving on failure.
+    fn on_build_exit(&mut self, pid: i32, status: ExitStatus) -> Option<Event> {
+        if let Some(guardian) = &self.guardian {
+            guardian.forget(pid);
+        }
+        if let Some(i) = self.cancelled_builds.iter().position(|&p| p == pid) {
+            self.cancelled_builds.remove(i);
+            return None;
+        }
+        let dev = self.dev.as_mut()?;
+        let build_ms = dev.build.as_ref()?.started.elapsed().as_millis() as u64;
+        let ok = status.success();
+        if ok {
+            tracing::info!(pid, build_ms, "build ok");
+        } else {
+            let serving = self.machine.active();
+            tracing::error!(pid, %status, build_ms, failures = dev.failures() + 1, "build failed: generation {} keeps serving", serving.unwrap_or(0));
+        }
+        let next = dev.on_build_done(ok, Instant::now());
+        self.act(next)
     }
 
     /// Push the sockets baton bound itself into systemd's fd store, so a
@@ -309,6 +438,11 @@ impl Driver {
         }
         if let Err(reason) = self.replan() {
             self.reloads.fail(id, &reason);
+            if trigger == Trigger::Watch
+                && let Some(dev) = &mut self.dev
+            {
+                dev.on_reload_done(false, Instant::now());
+            }
             self.tell_systemd(|s| s.reload_done(false, &reason));
             tracing::error!(reload = id, %trigger, result = %"failed", %reason, "reload");
             return None;
@@ -478,8 +612,9 @@ impl Driver {
             command: &self.plan.command,
             sockets: &sockets,
             generation,
-            notify_socket: notify.path(),
+            notify_socket: Some(notify.path()),
             env,
+            output: None,
         };
         if !self.reloads.on_spawn(generation) && generation > 1 {
             self.reloads.counters.restarts += 1;
@@ -573,6 +708,16 @@ impl Driver {
                 tracing::error!(pid, %status, "the guardian exited: workers may outlive baton if it is killed");
                 continue;
             }
+            let is_build = self.cancelled_builds.contains(&pid)
+                || self
+                    .dev
+                    .as_ref()
+                    .and_then(|d| d.build.as_ref())
+                    .is_some_and(|b| b.pid == pid);
+            if is_build {
+                events.extend(self.on_build_exit(pid, status));
+                continue;
+            }
             match self.workers.iter_mut().find(|(_, w)| w.pid == Some(pid)) {
                 Some((&generation, worker)) => {
                     worker.leader_exited = true;
@@ -617,6 +762,11 @@ impl Driver {
                 self.time_to_ready.observe(ready);
                 let pid = pid_of(&self.workers, generation);
                 let completed = self.reloads.on_ready(generation, previous, ready);
+                if completed.iter().any(|r| r.trigger == Trigger::Watch)
+                    && let Some(dev) = &mut self.dev
+                {
+                    dev.on_reload_done(true, Instant::now());
+                }
                 let serving = format!("generation {generation} (pid {pid}) serving");
                 if !self.announced_ready {
                     self.announced_ready = true;
@@ -658,6 +808,11 @@ impl Driver {
                 let pid = pid_of(&self.workers, generation);
                 let reason = failure.to_string();
                 let failed = self.reloads.on_start_failed(generation, &reason);
+                if failed.iter().any(|r| r.trigger == Trigger::Watch)
+                    && let Some(dev) = &mut self.dev
+                {
+                    dev.on_reload_done(false, Instant::now());
+                }
                 if !failed.is_empty() {
                     let why = format!("generation {generation}: {reason}");
                     self.tell_systemd(|s| s.reload_done(false, &why));
@@ -780,4 +935,57 @@ async fn tick(timer: &mut Option<tokio::time::Interval>) {
         }
         None => std::future::pending().await,
     }
+}
+
+/// The next batch of changes; never, without a watcher.
+async fn next_batch(dev: &mut Option<DevLoop>) -> Result<ChangeBatch, WatchError> {
+    match dev {
+        Some(dev) => dev.watcher.next_batch().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Sleep until `deadline`; never, without one.
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Start `sh -c COMMAND` in the worker's directory, in its own process
+/// group, with no socket of baton's, its output piped through a task that
+/// prefixes each line with `build | `.
+fn spawn_build(command: &str, plan: &Plan) -> io::Result<i32> {
+    let (read, write) = std::io::pipe()?;
+    let shell = WorkerCommand {
+        program: "sh".into(),
+        args: vec!["-c".into(), command.into()],
+        cwd: plan.command.cwd.clone(),
+    };
+    let mut env: Vec<(OsString, OsString)> = std::env::vars_os()
+        .filter(|(key, _)| !plan.env.iter().any(|(k, _)| k == key))
+        .collect();
+    env.extend(plan.env.iter().cloned());
+    let request = SpawnRequest {
+        command: &shell,
+        sockets: &[],
+        generation: 0,
+        notify_socket: None,
+        env,
+        output: Some(write.as_fd()),
+    };
+    let pid = spawn::spawn(&request).map_err(io::Error::other)?;
+    drop(write);
+    let output = tokio::net::unix::pipe::Receiver::from_owned_fd(read.into())?;
+    tokio::spawn(async move {
+        use tokio::io::AsyncBufReadExt;
+        let mut lines = tokio::io::BufReader::new(output).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            use std::io::Write;
+            // One write per line: workers share this stderr.
+            let _ = std::io::stderr().write_all(format!("build | {line}\n").as_bytes());
+        }
+    });
+    Ok(pid)
 }

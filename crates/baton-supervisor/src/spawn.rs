@@ -75,10 +75,14 @@ pub struct SpawnRequest<'a> {
     pub sockets: &'a [(&'a str, BorrowedFd<'a>)],
     /// The generation number, for `BATON_GENERATION`.
     pub generation: u64,
-    /// The generation's notify socket, for `NOTIFY_SOCKET`.
-    pub notify_socket: &'a Path,
+    /// The generation's notify socket, for `NOTIFY_SOCKET`. `None` for a
+    /// process that is not a worker (a build step): it then gets none of
+    /// `LISTEN_*`, `NOTIFY_SOCKET`, `BATON_GENERATION`.
+    pub notify_socket: Option<&'a Path>,
     /// The environment to start from (baton's own, usually).
     pub env: Vec<(OsString, OsString)>,
+    /// Where stdout and stderr go instead of baton's own.
+    pub output: Option<BorrowedFd<'a>>,
 }
 
 /// Find the program the way `execvp` would, but in the parent, so that a
@@ -148,6 +152,7 @@ struct ExecPlan {
     /// Copies of the sockets at fds ≥ 3+N, so no dup2 target clobbers one.
     sources: Vec<OwnedFd>,
     dev_null: OwnedFd,
+    output: Option<OwnedFd>,
     empty_mask: libc::sigset_t,
     /// baton's pid, to tell whether it died before the child armed
     /// `PR_SET_PDEATHSIG`.
@@ -172,17 +177,21 @@ impl ExecPlan {
                 env.push(cstring(pair)?);
             }
         }
-        env.push(cstring(format!("LISTEN_FDS={}", request.sockets.len()))?);
-        env.push(cstring(format!("LISTEN_FDNAMES={}", names.join(":")))?);
-        let mut notify = b"NOTIFY_SOCKET=".to_vec();
-        notify.extend_from_slice(request.notify_socket.as_os_str().as_bytes());
-        env.push(cstring(notify)?);
-        env.push(cstring(format!("BATON_GENERATION={}", request.generation))?);
+        if let Some(notify_socket) = request.notify_socket {
+            env.push(cstring(format!("LISTEN_FDS={}", request.sockets.len()))?);
+            env.push(cstring(format!("LISTEN_FDNAMES={}", names.join(":")))?);
+            let mut notify = b"NOTIFY_SOCKET=".to_vec();
+            notify.extend_from_slice(notify_socket.as_os_str().as_bytes());
+            env.push(cstring(notify)?);
+            env.push(cstring(format!("BATON_GENERATION={}", request.generation))?);
+        }
 
         let mut listen_pid = Box::new([0u8; 32]);
         write_listen_pid(&mut listen_pid, 0);
         let mut envp_ptrs: Vec<_> = env.iter().map(|s| s.as_ptr()).collect();
-        envp_ptrs.push(listen_pid.as_ptr().cast());
+        if request.notify_socket.is_some() {
+            envp_ptrs.push(listen_pid.as_ptr().cast());
+        }
         envp_ptrs.push(std::ptr::null());
         let mut argv_ptrs: Vec<_> = argv.iter().map(|s| s.as_ptr()).collect();
         argv_ptrs.push(std::ptr::null());
@@ -194,6 +203,10 @@ impl ExecPlan {
             .map(|(_, fd)| dup_above(fd.as_fd(), first_free))
             .collect::<io::Result<Vec<_>>>()?;
         let dev_null = dup_above(std::fs::File::open("/dev/null")?.as_fd(), first_free)?;
+        let output = request
+            .output
+            .map(|fd| dup_above(fd, first_free))
+            .transpose()?;
 
         // SAFETY: sigemptyset only writes the set it is given.
         let empty_mask = unsafe {
@@ -215,6 +228,7 @@ impl ExecPlan {
             envp_ptrs,
             sources,
             dev_null,
+            output,
             empty_mask,
             // SAFETY: getpid has no preconditions.
             parent: unsafe { libc::getpid() },
@@ -248,6 +262,11 @@ impl ExecPlan {
                 }
             }
             if libc::dup2(self.dev_null.as_raw_fd(), 0) < 0 {
+                return (STAGE_SETUP, errno());
+            }
+            if let Some(output) = &self.output
+                && (libc::dup2(output.as_raw_fd(), 1) < 0 || libc::dup2(output.as_raw_fd(), 2) < 0)
+            {
                 return (STAGE_SETUP, errno());
             }
             // Sources sit above 3+N, so no target clobbers a source, and

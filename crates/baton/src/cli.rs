@@ -41,7 +41,7 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Bind the sockets and run COMMAND on them; SIGHUP reloads, SIGTERM stops.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Talk to a running baton through its control socket.
     Ctl(CtlArgs),
     /// Validate a config file and print the settings it resolves to.
@@ -98,6 +98,28 @@ pub struct RunArgs {
     /// Serve GET /metrics (Prometheus) and GET /status on this address.
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,
+    /// Watch these files or directories (recursively) and reload when they
+    /// change; repeatable.
+    #[arg(long, value_name = "PATH")]
+    pub watch: Vec<PathBuf>,
+    /// Ignore changes to paths matching this glob (besides .git/, target/,
+    /// node_modules/, editor files and what .gitignore ignores); repeatable.
+    #[arg(long, value_name = "GLOB")]
+    pub ignore: Vec<String>,
+    /// Count only changes to files with these extensions (e.g. rs,toml).
+    #[arg(long, value_name = "EXT,...", value_delimiter = ',')]
+    pub ext: Vec<String>,
+    /// Quiet period: act once no change came for this long [default: 300ms].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub debounce: Option<Duration>,
+    /// A shell command to run before each new generation (and the first);
+    /// if it fails, the running generation keeps serving.
+    #[arg(long, value_name = "CMD")]
+    pub build: Option<String>,
+    /// The least time between two reloads caused by changes; 0 disables
+    /// it. SIGHUP and `ctl reload` never wait [default: 1s].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub min_interval: Option<Duration>,
     /// The worker's command and its arguments.
     /// (Checked by hand, not by clap: clap's "required" error spans lines.)
     #[arg(value_name = "COMMAND", num_args = 1.., trailing_var_arg = true, allow_hyphen_values = true)]

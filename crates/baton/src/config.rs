@@ -8,10 +8,11 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use baton_supervisor::driver::Plan;
+use baton_supervisor::driver::{DevSettings, Plan};
 use baton_supervisor::listeners::{self, BindOptions, ListenerSpec};
 use baton_supervisor::machine::{Readiness, Settings};
 use baton_supervisor::spawn::WorkerCommand;
+use baton_supervisor::watch::{DEFAULT_DEBOUNCE, WatchSettings};
 use nix::sys::signal::Signal;
 use serde::{Deserialize, Deserializer};
 
@@ -45,6 +46,17 @@ pub struct FileConfig {
     #[serde(default, deserialize_with = "mode")]
     control_mode: Option<u32>,
     metrics: Option<SocketAddr>,
+    #[serde(default)]
+    watch: Vec<PathBuf>,
+    #[serde(default)]
+    ignore: Vec<String>,
+    #[serde(default)]
+    ext: Vec<String>,
+    #[serde(default, deserialize_with = "duration")]
+    debounce: Option<Duration>,
+    build: Option<String>,
+    #[serde(default, deserialize_with = "duration")]
+    min_interval: Option<Duration>,
 }
 
 /// Everything `baton run` needs, merged and checked.
@@ -60,6 +72,8 @@ pub struct Resolved {
     pub control_mode: u32,
     /// Where to serve metrics.
     pub metrics: Option<SocketAddr>,
+    /// The dev loop, when something is watched.
+    pub dev: Option<DevSettings>,
 }
 
 /// Why the settings do not resolve.
@@ -76,6 +90,9 @@ pub enum ConfigError {
     /// No listener anywhere.
     #[error("no listener given: --listen [NAME=]SPEC, or `listen` in the config file")]
     NoListener,
+    /// A build step without anything watched.
+    #[error("--build needs --watch: the build runs when a watched file changes")]
+    BuildWithoutWatch,
     /// A listener is invalid or two share a name.
     #[error("{0}")]
     Listener(#[from] listeners::ListenError),
@@ -85,23 +102,39 @@ pub enum ConfigError {
 pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| ConfigError::File(format!("cannot read {}: {e}", path.display())))?;
-    toml::from_str(&text).map_err(|e| ConfigError::File(describe(path, &text, &e)))
+    parse(path, &text).map_err(ConfigError::File)
+}
+
+/// Parse the text of the file at `path`; the error names file, line, key.
+fn parse(path: &Path, text: &str) -> Result<FileConfig, String> {
+    toml::from_str(text).map_err(|e| {
+        // A syntax error is named after its key only when it lies in the
+        // key's value: the parser may stop at the start of the next line
+        // (a missing `]`), whose key has nothing to do with it.
+        let syntax = text.parse::<toml::Table>().is_err();
+        describe(path, text, &e, syntax)
+    })
 }
 
 /// One line: file, line, key, and what is wrong.
-fn describe(path: &Path, text: &str, error: &toml::de::Error) -> String {
+fn describe(path: &Path, text: &str, error: &toml::de::Error, syntax: bool) -> String {
     let message = error.message().trim_end();
     let Some(span) = error.span() else {
         return format!("{}: {message}", path.display());
     };
     let line_number = text[..span.start].matches('\n').count() + 1;
     let line = text.lines().nth(line_number - 1).unwrap_or_default();
+    let column = span.start - text[..span.start].rfind('\n').map_or(0, |i| i + 1);
     match line.split_once('=') {
-        Some((key, _)) if !line.trim_start().starts_with('[') => format!(
-            "{}: line {line_number}, key `{}`: {message}",
-            path.display(),
-            key.trim()
-        ),
+        Some((key, _))
+            if !line.trim_start().starts_with('[') && (!syntax || column > key.len()) =>
+        {
+            format!(
+                "{}: line {line_number}, key `{}`: {message}",
+                path.display(),
+                key.trim()
+            )
+        }
         _ => format!("{}: line {line_number}: {message}", path.display()),
     }
 }
@@ -114,7 +147,15 @@ pub fn resolve(
     file: Option<FileConfig>,
     inherited: bool,
 ) -> Result<Resolved, ConfigError> {
-    let file = file.unwrap_or_default();
+    let mut file = file.unwrap_or_default();
+    let file_dev = FileDev {
+        watch: std::mem::take(&mut file.watch),
+        ignore: std::mem::take(&mut file.ignore),
+        ext: std::mem::take(&mut file.ext),
+        debounce: file.debounce,
+        build: file.build.take(),
+        min_interval: file.min_interval,
+    };
     let listen = if args.listen.is_empty() {
         &file.listen
     } else {
@@ -194,13 +235,60 @@ pub fn resolve(
             .collect(),
         settings,
     };
+    let dev = dev_settings(args, &file_dev)?;
     Ok(Resolved {
+        dev,
         plan,
         name,
         control,
         control_mode: args.control_mode.or(file.control_mode).unwrap_or(0o600),
         metrics: args.metrics.or(file.metrics),
     })
+}
+
+/// The dev-loop keys of the file.
+struct FileDev {
+    watch: Vec<PathBuf>,
+    ignore: Vec<String>,
+    ext: Vec<String>,
+    debounce: Option<Duration>,
+    build: Option<String>,
+    min_interval: Option<Duration>,
+}
+
+fn dev_settings(args: &RunArgs, file: &FileDev) -> Result<Option<DevSettings>, ConfigError> {
+    let pick = |cli: &Vec<String>, file: &Vec<String>| {
+        if cli.is_empty() {
+            file.clone()
+        } else {
+            cli.clone()
+        }
+    };
+    let paths = if args.watch.is_empty() {
+        file.watch.clone()
+    } else {
+        args.watch.clone()
+    };
+    let build = args.build.clone().or(file.build.clone());
+    if paths.is_empty() {
+        return match build {
+            Some(_) => Err(ConfigError::BuildWithoutWatch),
+            None => Ok(None),
+        };
+    }
+    let extensions = pick(&args.ext, &file.ext);
+    let mut watch = WatchSettings::new(paths);
+    watch.ignore = pick(&args.ignore, &file.ignore);
+    watch.extensions = (!extensions.is_empty()).then_some(extensions);
+    watch.debounce = args.debounce.or(file.debounce).unwrap_or(DEFAULT_DEBOUNCE);
+    Ok(Some(DevSettings {
+        watch,
+        build,
+        min_interval: args
+            .min_interval
+            .or(file.min_interval)
+            .unwrap_or(Duration::from_secs(1)),
+    }))
 }
 
 /// Load the file named in `args` (if any) and resolve.
@@ -252,6 +340,22 @@ pub fn render(resolved: &Resolved) -> String {
     if let Some(addr) = resolved.metrics {
         out.push(format!("metrics = {addr}"));
     }
+    if let Some(dev) = &resolved.dev {
+        for path in &dev.watch.paths {
+            out.push(format!("watch = {}", path.display()));
+        }
+        for glob in &dev.watch.ignore {
+            out.push(format!("ignore = {glob}"));
+        }
+        if let Some(ext) = &dev.watch.extensions {
+            out.push(format!("ext = {}", ext.join(",")));
+        }
+        out.push(format!("debounce = {:?}", dev.watch.debounce));
+        if let Some(build) = &dev.build {
+            out.push(format!("build = {build:?}"));
+        }
+        out.push(format!("min_interval = {:?}", dev.min_interval));
+    }
     out.join("\n")
 }
 
@@ -300,13 +404,13 @@ mod tests {
         let mut argv = vec!["baton", "run"];
         argv.extend(args);
         match crate::cli::Cli::parse_from(argv).command {
-            crate::cli::Command::Run(args) => args,
+            crate::cli::Command::Run(args) => *args,
             _ => unreachable!(),
         }
     }
 
     fn file(text: &str) -> Result<FileConfig, String> {
-        toml::from_str(text).map_err(|e| describe(Path::new("baton.toml"), text, &e))
+        parse(Path::new("baton.toml"), text)
     }
 
     #[test]
@@ -337,6 +441,16 @@ mod tests {
             "{err}"
         );
         assert!(!err.contains('\n'), "one line: {err:?}");
+        let err = file("listen = [\":8080\"\nready = \"notify\"\n").unwrap_err();
+        assert!(
+            err.starts_with("baton.toml: line 2: missing comma"),
+            "a syntax error is not the next key's: {err}"
+        );
+        let err = file("ready = notify\n").unwrap_err();
+        assert!(
+            err.starts_with("baton.toml: line 1, key `ready`: "),
+            "{err}"
+        );
         let err = file("listen = [\"nohost:1\"]\n").unwrap_err();
         assert!(
             err.starts_with("baton.toml: line 1, key `listen`: invalid listener"),

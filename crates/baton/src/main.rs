@@ -25,7 +25,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format, &cli.log_level);
     let result = match cli.command {
-        Command::Run(args) => run(args).map(|()| ExitCode::SUCCESS),
+        Command::Run(args) => run(*args).map(|()| ExitCode::SUCCESS),
         Command::Ctl(args) => ctl(args),
         Command::Check(args) => check(args).map(|()| ExitCode::SUCCESS),
     };
@@ -68,10 +68,25 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         }
         Err(error) => return Err(error.into()),
     };
-    resolve_program(
-        &resolved.plan.command.program,
-        resolved.plan.command.cwd.as_deref(),
-    )?;
+    let mut resolved = resolved;
+    let command = &resolved.plan.command;
+    let program = resolve_program(&command.program, command.cwd.as_deref());
+    if let Some(dev) = &mut resolved.dev {
+        // The worker's own binary is a build output: never a trigger.
+        let given = command
+            .cwd
+            .clone()
+            .unwrap_or_default()
+            .join(&command.program);
+        dev.watch.also_ignore.push(std::path::absolute(given)?);
+        if let Ok(path) = &program {
+            dev.watch.also_ignore.push(std::path::absolute(path)?);
+        }
+    }
+    // With a build step the program may not exist before the first build.
+    if resolved.dev.as_ref().is_none_or(|d| d.build.is_none()) {
+        program?;
+    }
     let bound = listeners::resolve(&resolved.plan.listeners, inherited, resolved.plan.bind)?;
     for unused in &bound.unused {
         tracing::warn!(name = %unused.name(), addr = %unused.local_address(), "inherited socket matches no --listen: closing it");
@@ -119,6 +134,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         metrics,
         reloader,
         systemd,
+        dev: resolved.dev,
     };
     // Forked while baton has one thread: before the runtime exists.
     let guardian = Guardian::start().context("cannot start the guardian process")?;
@@ -157,7 +173,7 @@ fn check(args: CheckArgs) -> anyhow::Result<()> {
 
 fn empty_run_args() -> RunArgs {
     match Cli::parse_from(["baton", "run"]).command {
-        Command::Run(args) => args,
+        Command::Run(args) => *args,
         _ => unreachable!("parsed `run`"),
     }
 }
