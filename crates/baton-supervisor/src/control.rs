@@ -10,11 +10,14 @@ use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::status::{ReloadRecord, Status};
 
@@ -197,9 +200,49 @@ pub fn bind(path: &Path, mode: u32) -> Result<std::os::unix::net::UnixListener, 
     Ok(listener)
 }
 
+/// Requests handed to the driver whose answers are not written yet, so
+/// that baton can let the last answers (`stop`, a reload cut short by
+/// shutdown) reach their clients before it exits.
+#[derive(Debug, Clone, Default)]
+pub struct InFlight(Arc<(AtomicUsize, Notify)>);
+
+impl InFlight {
+    fn begin(&self) -> InFlightGuard {
+        self.0.0.fetch_add(1, Ordering::SeqCst);
+        InFlightGuard(self.clone())
+    }
+
+    /// Wait until every answer is written, or `limit` has passed.
+    pub async fn settle(&self, limit: Duration) {
+        let all_written = async {
+            loop {
+                let notified = self.0.1.notified();
+                if self.0.0.load(Ordering::SeqCst) == 0 {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        let _ = tokio::time::timeout(limit, all_written).await;
+    }
+}
+
+struct InFlightGuard(InFlight);
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.0.0.0.fetch_sub(1, Ordering::SeqCst);
+        self.0.0.1.notify_waiters();
+    }
+}
+
 /// Accept control connections until the task is dropped; each request
 /// becomes a [`Call`] to the driver.
-pub async fn serve(listener: std::os::unix::net::UnixListener, calls: mpsc::Sender<Call>) {
+pub async fn serve(
+    listener: std::os::unix::net::UnixListener,
+    calls: mpsc::Sender<Call>,
+    in_flight: InFlight,
+) {
     if let Err(error) = listener.set_nonblocking(true) {
         tracing::error!(%error, "control socket disabled");
         return;
@@ -214,7 +257,7 @@ pub async fn serve(listener: std::os::unix::net::UnixListener, calls: mpsc::Send
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
-                tokio::spawn(connection(stream, calls.clone()));
+                tokio::spawn(connection(stream, calls.clone(), in_flight.clone()));
             }
             Err(error) => tracing::warn!(%error, "control socket: accept failed"),
         }
@@ -236,7 +279,7 @@ fn allowed(stream: &UnixStream) -> Result<(), String> {
     }
 }
 
-async fn connection(stream: UnixStream, calls: mpsc::Sender<Call>) {
+async fn connection(stream: UnixStream, calls: mpsc::Sender<Call>, in_flight: InFlight) {
     let refusal = allowed(&stream).err();
     let (read, mut write) = stream.into_split();
     if let Some(refusal) = refusal {
@@ -246,13 +289,17 @@ async fn connection(stream: UnixStream, calls: mpsc::Sender<Call>) {
     }
     let mut reader = BufReader::new(read);
     loop {
-        let response = match read_line(&mut reader).await {
-            Ok(Some(Ok(line))) => match parse(&line) {
+        let line = match read_line(&mut reader).await {
+            Ok(Some(line)) => line,
+            Ok(None) | Err(_) => return,
+        };
+        let _answering = in_flight.begin();
+        let response = match line {
+            Ok(line) => match parse(&line) {
                 Ok(command) => call(&calls, command).await,
                 Err(error) => Response::error(error),
             },
-            Ok(Some(Err(too_long))) => Response::error(too_long),
-            Ok(None) | Err(_) => return,
+            Err(too_long) => Response::error(too_long),
         };
         if send(&mut write, &response).await.is_err() {
             return;
@@ -350,11 +397,16 @@ pub fn request(path: &Path, command: Command) -> Result<Response, ControlError> 
     })
     .expect("serializes");
     line.push(b'\n');
-    stream.write_all(&line).map_err(io_err)?;
+    // A refused peer is answered and disconnected without its request
+    // being read: the write may then fail (EPIPE) while the refusal waits
+    // to be read. Read it before reporting the write's error.
+    let written = stream.write_all(&line);
     let mut answer = String::new();
-    std::io::BufReader::new(stream)
-        .read_line(&mut answer)
-        .map_err(io_err)?;
+    let read = std::io::BufReader::new(stream).read_line(&mut answer);
+    if answer.is_empty() {
+        written.map_err(io_err)?;
+        read.map_err(io_err)?;
+    }
     serde_json::from_str(&answer).map_err(|e| ControlError::Protocol(format!("{e}: {answer:?}")))
 }
 

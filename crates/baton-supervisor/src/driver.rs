@@ -134,6 +134,8 @@ struct Worker {
 pub struct Driver {
     machine: Machine,
     listeners: Vec<Listener>,
+    /// Each listener's backlog when it was bound.
+    backlogs: Vec<i32>,
     plan: Plan,
     reloader: Option<Reloader>,
     control: Option<(std::os::unix::net::UnixListener, PathBuf)>,
@@ -185,6 +187,7 @@ impl Driver {
         let (calls, calls_rx) = mpsc::channel(64);
         Ok(Driver {
             machine: Machine::new(config.plan.settings.clone()),
+            backlogs: vec![config.plan.bind.backlog; config.listeners.len()],
             listeners: config.listeners,
             plan: config.plan,
             reloader: config.reloader,
@@ -228,8 +231,13 @@ impl Driver {
         let mut sample = tokio::time::interval(SAMPLE_INTERVAL);
         sample.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // The servers are tasks of their own: a slow client never blocks this loop.
+        let in_flight = control::InFlight::default();
         let _control = self.control.take().map(|(listener, _)| {
-            AbortOnDrop(tokio::spawn(control::serve(listener, self.calls.clone())))
+            AbortOnDrop(tokio::spawn(control::serve(
+                listener,
+                self.calls.clone(),
+                in_flight.clone(),
+            )))
         });
         let _metrics = self.metrics.take().map(|listener| {
             let (tx, rx) = tokio::sync::watch::channel(Arc::new(Snapshot::default()));
@@ -296,6 +304,10 @@ impl Driver {
             }
             self.publish();
         }
+        // Answer whoever still waits, and let those answers be written
+        // (a `stop` above all) before the runtime goes away.
+        self.reloads.close("baton has stopped");
+        in_flight.settle(Duration::from_secs(1)).await;
         self.finish();
         Ok(())
     }
@@ -467,6 +479,8 @@ impl Driver {
         for listener in &bound {
             tracing::info!(name = %listener.name(), addr = %listener.local_address(), backlog = plan.bind.backlog, "listening");
         }
+        self.backlogs
+            .extend(bound.iter().map(|_| plan.bind.backlog));
         self.listeners.extend(bound);
         self.machine.set_settings(plan.settings.clone());
         self.plan = plan;
@@ -548,10 +562,11 @@ impl Driver {
             listeners: self
                 .listeners
                 .iter()
-                .map(|l| ListenerStatus {
+                .zip(&self.backlogs)
+                .map(|(l, &backlog)| ListenerStatus {
                     name: l.name().to_owned(),
                     address: l.local_address().to_owned(),
-                    backlog: self.plan.bind.backlog,
+                    backlog,
                 })
                 .collect(),
             generations,
@@ -771,7 +786,9 @@ impl Driver {
                 if !self.announced_ready {
                     self.announced_ready = true;
                     self.tell_systemd(|s| s.ready(&serving));
-                } else if completed.is_empty() {
+                } else if completed.is_empty() || self.reloads.queued() {
+                    // READY=1 would end systemd's reload while the one it
+                    // asked for (coalesced) has not run yet.
                     self.tell_systemd(|s| s.status(&serving));
                 } else {
                     self.tell_systemd(|s| s.reload_done(true, &serving));
@@ -815,7 +832,11 @@ impl Driver {
                 }
                 if !failed.is_empty() {
                     let why = format!("generation {generation}: {reason}");
-                    self.tell_systemd(|s| s.reload_done(false, &why));
+                    if self.reloads.queued() {
+                        self.tell_systemd(|s| s.status(&format!("reload failed: {why}")));
+                    } else {
+                        self.tell_systemd(|s| s.reload_done(false, &why));
+                    }
                 }
                 for record in failed {
                     tracing::error!(
@@ -856,6 +877,11 @@ impl Driver {
             }
             Report::RestartScheduled { delay, crashes } => {
                 self.reloads.counters.backoff_ms = Some(delay.as_millis() as u64);
+                let text = format!(
+                    "no worker serving: restart in {} ms after {crashes} crashes in a row",
+                    delay.as_millis()
+                );
+                self.tell_systemd(|s| s.status(&text));
                 tracing::warn!(delay_ms = delay.as_millis(), crashes, "restart scheduled")
             }
             Report::Draining { generation } => {
@@ -898,9 +924,8 @@ impl Driver {
         }
     }
 
-    fn finish(mut self) {
+    fn finish(self) {
         tracing::info!("every worker is gone: exiting");
-        self.reloads.close("baton has stopped");
         if let Some(path) = &self.control_path {
             let _ = std::fs::remove_file(path);
         }

@@ -130,10 +130,11 @@ pub struct RunArgs {
 #[derive(Debug, Args)]
 pub struct CtlArgs {
     /// The baton to talk to, by name.
-    #[arg(long, value_name = "NAME", conflicts_with = "control", value_parser = parse_name)]
+    #[arg(long, value_name = "NAME", value_parser = parse_name)]
     pub name: Option<String>,
-    /// The baton to talk to, by control socket path.
-    #[arg(long, value_name = "PATH", env = "BATON_CONTROL")]
+    /// The baton to talk to, by control socket path. Without it or
+    /// --name: $BATON_CONTROL, else the only baton running.
+    #[arg(long, value_name = "PATH")]
     pub control: Option<PathBuf>,
     /// Print the JSON response instead of a table.
     #[arg(long, global = true)]
@@ -170,7 +171,10 @@ pub fn parse_listener(spec: &str) -> Result<String, String> {
 
 /// `500ms`, `2s`, `1m`, `1h`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let expected = || "expected a duration like 500ms, 2s or 1m".to_owned();
+    let expected = || "expected a duration like 500ms, 2s or 1m (or 0)".to_owned();
+    if text == "0" {
+        return Ok(Duration::ZERO);
+    }
     let split = text
         .find(|c: char| !c.is_ascii_digit())
         .ok_or_else(expected)?;
@@ -250,6 +254,7 @@ mod tests {
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
         assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
         for bad in ["", "5", "s", "1.5s", "-1s", "2 s", "3d"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }

@@ -180,10 +180,12 @@ fn empty_run_args() -> RunArgs {
 
 /// `baton ctl`: one request, one response.
 fn ctl(args: CtlArgs) -> anyhow::Result<ExitCode> {
-    let path = match (&args.control, &args.name) {
-        (Some(path), _) => path.clone(),
-        (None, Some(name)) => control::default_path(name),
-        (None, None) => control::discover()?,
+    // The most explicit wins: --control, --name, $BATON_CONTROL, discovery.
+    let path = match (&args.control, &args.name, std::env::var_os("BATON_CONTROL")) {
+        (Some(path), _, _) => path.clone(),
+        (None, Some(name), _) => control::default_path(name),
+        (None, None, Some(path)) if !path.is_empty() => path.into(),
+        _ => control::discover()?,
     };
     let command = match args.action {
         CtlAction::Status => control::Command::Status,

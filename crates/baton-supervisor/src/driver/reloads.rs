@@ -151,6 +151,11 @@ impl Reloads {
         }
     }
 
+    /// Whether requests wait for a generation not spawned yet.
+    pub fn queued(&self) -> bool {
+        !self.unassigned.is_empty()
+    }
+
     /// The history, oldest first.
     pub fn history(&self) -> Vec<ReloadRecord> {
         self.history.iter().cloned().collect()
