@@ -10,7 +10,7 @@
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
@@ -74,6 +74,7 @@ pub struct Baton {
     child: Child,
     lines: Arc<Lines>,
     token: String,
+    control: PathBuf,
     status: Option<ExitStatus>,
 }
 
@@ -93,8 +94,12 @@ impl Baton {
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         );
+        // A control socket of its own, so that batons of parallel tests,
+        // benches or a demo never meet at the default path.
+        let control = std::env::temp_dir().join(format!("baton-e2e-{token}.sock"));
         command
             .env(TOKEN_VAR, &token)
+            .env("BATON_CONTROL", &control)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -107,6 +112,7 @@ impl Baton {
             child,
             lines,
             token,
+            control,
             status: None,
         }
     }
@@ -114,6 +120,12 @@ impl Baton {
     /// baton's pid.
     pub fn pid(&self) -> i32 {
         self.child.id() as i32
+    }
+
+    /// The path of its control socket (`BATON_CONTROL`, unless the test
+    /// set `--control` itself).
+    pub fn control(&self) -> &Path {
+        &self.control
     }
 
     /// The token every process of this baton's tree carries.
@@ -147,10 +159,17 @@ impl Baton {
                 return line.clone();
             }
             let now = Instant::now();
-            if now >= deadline {
+            // Both pipes closed: no line will ever come.
+            let ended = self.lines.closed.load(Ordering::SeqCst) == 2;
+            if now >= deadline || ended {
                 let output = lines.join("\n");
                 drop(lines);
-                panic!("no line #{nth} with {needles:?} within {DEADLINE:?}; output:\n{output}");
+                let why = if ended {
+                    "before baton's output ended"
+                } else {
+                    "within the deadline"
+                };
+                panic!("no line #{nth} with {needles:?} {why}; output:\n{output}");
             }
             lines = self
                 .lines
@@ -172,6 +191,41 @@ impl Baton {
         field(&line, "addr")
             .and_then(|a| a.parse().ok())
             .unwrap_or_else(|| panic!("no TCP address in {line:?}"))
+    }
+
+    /// The address of its metrics server, from its `metrics addr=` line
+    /// (`--metrics 127.0.0.1:0` picks a free port).
+    pub fn metrics_address(&self) -> SocketAddr {
+        let line = self.wait_for(&["metrics addr="]);
+        field(&line, "addr")
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no TCP address in {line:?}"))
+    }
+
+    /// Run `baton ctl --control PATH ARGS…` against this baton, to its end.
+    pub fn ctl(&self, args: &[&str]) -> Output {
+        let mut command = Command::new(baton_bin());
+        command
+            .arg("ctl")
+            .arg("--control")
+            .arg(&self.control)
+            .args(args);
+        output_within_deadline(command)
+    }
+
+    /// `baton ctl --json ARGS…`: how it exited, and the response it printed.
+    pub fn ctl_json(&self, args: &[&str]) -> (ExitStatus, serde_json::Value) {
+        let mut all = vec!["--json"];
+        all.extend(args);
+        let output = self.ctl(&all);
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let json = serde_json::from_str(&stdout).unwrap_or_else(|e| {
+            panic!(
+                "`baton ctl {all:?}` printed no JSON ({e}):\n{stdout}\nstderr:\n{}",
+                String::from_utf8_lossy(&output.stderr)
+            )
+        });
+        (output.status, json)
     }
 
     /// Wait until generation `generation` is the active one; returns its pid.
@@ -324,10 +378,42 @@ pub fn runtime() -> tokio::runtime::Runtime {
 /// One `GET path` over a fresh connection (HTTP/1.0, so the server closes
 /// it); returns the status code and the body.
 pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let (status, _, body) = http_request(addr, "GET", path);
+    (status, body)
+}
+
+/// Run a command to its end with [`DEADLINE`] (killed and a panic after
+/// it); its stdin is null, its stdout and stderr are captured.
+pub fn output_within_deadline(mut command: Command) -> Output {
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = command
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {command:?}: {e}"));
+    let pid = child.id() as i32;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(DEADLINE) {
+        Ok(output) => output.expect("wait for the command"),
+        Err(_) => {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            panic!("{command:?} did not finish within {DEADLINE:?}");
+        }
+    }
+}
+
+/// One request over a fresh connection (HTTP/1.0, so the server closes
+/// it); returns the status code, the head (status line and headers) and
+/// the body.
+pub fn http_request(addr: SocketAddr, method: &str, path: &str) -> (u16, String, String) {
     use std::io::Write;
     let mut stream = std::net::TcpStream::connect(addr).expect("connect");
     stream.set_read_timeout(Some(DEADLINE)).expect("timeout");
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: test\r\n\r\n").expect("write");
+    write!(stream, "{method} {path} HTTP/1.0\r\nHost: test\r\n\r\n").expect("write");
     let mut response = String::new();
     stream.read_to_string(&mut response).expect("read");
     let (head, body) = response
@@ -338,7 +424,7 @@ pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .expect("a status code");
-    (status, body.to_owned())
+    (status, head.to_owned(), body.to_owned())
 }
 
 /// The command line of `baton run` with one TCP listener on an ephemeral

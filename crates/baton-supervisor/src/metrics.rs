@@ -105,9 +105,12 @@ pub fn render(snapshot: &Snapshot) -> String {
         &[(String::new(), c.restarts.to_string())],
     );
     let per_generation = |value: &dyn Fn(&crate::status::GenerationStatus) -> String| {
+        // A generation not sampled yet (up to one sampling interval after
+        // its spawn) has no figures: no series rather than zeros.
         status
             .generations
             .iter()
+            .filter(|g| g.processes > 0)
             .map(|g| (format!("{{generation=\"{}\"}}", g.generation), value(g)))
             .collect::<Vec<_>>()
     };
@@ -195,6 +198,30 @@ fn answer(request: &Request<Incoming>, snapshot: &Snapshot) -> Response<Full<Byt
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn generations_without_a_sample_have_no_series() {
+        use crate::status::GenerationStatus;
+        let mut snapshot = Snapshot::default();
+        snapshot.status.generations = vec![
+            GenerationStatus {
+                generation: 1,
+                processes: 1,
+                rss_bytes: 4096,
+                ..GenerationStatus::default()
+            },
+            GenerationStatus {
+                generation: 2,
+                ..GenerationStatus::default()
+            },
+        ];
+        let text = render(&snapshot);
+        assert!(
+            text.contains("baton_worker_rss_bytes{generation=\"1\"} 4096\n"),
+            "{text}"
+        );
+        assert!(!text.contains("generation=\"2\""), "{text}");
+    }
 
     #[test]
     fn histograms_are_cumulative() {

@@ -100,6 +100,11 @@ struct Args {
     /// Apply the misbehaviour knobs only when BATON_GENERATION >= N.
     #[arg(long, value_name = "N")]
     from_gen: Option<u64>,
+
+    /// Read this file at startup and answer `GET /answer` with its content
+    /// (stands in for "the code" a dev-loop build step produces).
+    #[arg(long, value_name = "FILE")]
+    answer_file: Option<std::path::PathBuf>,
 }
 
 /// The misbehaviours that apply to this generation.
@@ -192,7 +197,15 @@ fn run(args: Args, startup: Startup) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(code));
     }
 
+    let answer = match &args.answer_file {
+        Some(path) => Some(
+            std::fs::read(path)
+                .with_context(|| format!("reading --answer-file {}", path.display()))?,
+        ),
+        None => None,
+    };
     let app = Arc::new(App {
+        answer,
         pid,
         generation,
         startup,
@@ -242,6 +255,8 @@ fn fork_child() -> std::io::Result<libc::pid_t> {
 }
 
 struct App {
+    /// `--answer-file`'s content, as read at startup.
+    answer: Option<Vec<u8>>,
     pid: u32,
     generation: u64,
     startup: Startup,
@@ -350,6 +365,10 @@ async fn handle(
             "ready_ns": app.ready_ns.get(),
             "stop_ns": app.stop_ns.get(),
         })),
+        (&Method::GET, path) if path.starts_with("/env/") => env_var(&path["/env/".len()..]),
+        (&Method::GET, "/answer") if app.answer.is_some() => Response::new(Full::new(Bytes::from(
+            app.answer.clone().unwrap_or_default(),
+        ))),
         _ => {
             let mut response = Response::new(Full::new(Bytes::from_static(b"not found\n")));
             *response.status_mut() = StatusCode::NOT_FOUND;
@@ -360,6 +379,18 @@ async fn handle(
     headers.insert("x-pid", HeaderValue::from(app.pid));
     headers.insert("x-generation", HeaderValue::from(app.generation));
     Ok(response)
+}
+
+/// `GET /env/NAME`: the value of the environment variable NAME, or 404.
+fn env_var(name: &str) -> Response<Full<Bytes>> {
+    match std::env::var_os(name) {
+        Some(value) => Response::new(Full::new(Bytes::from(value.to_string_lossy().into_owned()))),
+        None => {
+            let mut response = Response::new(Full::new(Bytes::from_static(b"not set\n")));
+            *response.status_mut() = StatusCode::NOT_FOUND;
+            response
+        }
+    }
 }
 
 fn json(value: &serde_json::Value) -> Response<Full<Bytes>> {

@@ -1,0 +1,397 @@
+//! The config file: re-read on every reload, a change applies to the next
+//! generation, a broken file keeps the old generation serving, listeners
+//! may only be appended, and `baton check` shows what a file resolves to.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use baton_e2e::{
+    Baton, baton_bin, exclusive, http_get, output_within_deadline, pid_in, runtime, test_worker_bin,
+};
+use baton_loadgen::{Config, Load, Mode, Report};
+use nix::sys::signal::Signal;
+
+/// A config file running test-worker with `ready = "notify"`, the given
+/// listeners, extra top-level lines and `[env]` lines.
+fn config_text(listen: &[&str], extra: &str, env: &str) -> String {
+    let listen: Vec<String> = listen.iter().map(|l| format!("{l:?}")).collect();
+    format!(
+        "# written by tests/config.rs\ncommand = [{:?}]\nlisten = [{}]\nready = \"notify\"\n{extra}\n[env]\n{env}\n",
+        test_worker_bin().display().to_string(),
+        listen.join(", "),
+    )
+}
+
+fn write(path: &Path, text: &str) {
+    // Replace the file in one step, as an editor or a deploy would.
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+fn start(config: &Path) -> Baton {
+    Baton::start(&["run", "--config", &config.display().to_string()])
+}
+
+#[test]
+fn a_config_change_applies_to_the_next_generation_on_sighup() {
+    let _serial = exclusive();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("baton.toml");
+    write(
+        &config,
+        &config_text(&["http=127.0.0.1:0"], "", "GREETING = \"hello\""),
+    );
+    let mut baton = start(&config);
+    baton.wait_ready(1);
+    let http = baton.address("http");
+    assert_eq!(http_get(http, "/env/GREETING"), (200, "hello".into()));
+    assert_eq!(http_get(http, "/env/NOT_SET_BY_BATON").0, 404);
+
+    write(
+        &config,
+        &config_text(
+            &["http=127.0.0.1:0"],
+            "drain_timeout = \"7s\"",
+            "GREETING = \"bonjour\"\nSECOND = \"2\"",
+        ),
+    );
+    baton.signal(Signal::SIGHUP);
+    baton.wait_for(&["reload reload=1 trigger=signal result=ok generation=2 "]);
+    // Generation 1 accepts until it has taken its stop signal.
+    baton.wait_for(&["exited", " generation=1 "]);
+    let (_, body) = http_get(http, "/");
+    assert!(body.contains("generation=2"), "{body}");
+    assert_eq!(http_get(http, "/env/GREETING"), (200, "bonjour".into()));
+    assert_eq!(http_get(http, "/env/SECOND"), (200, "2".into()));
+    baton.signal(Signal::SIGTERM);
+    assert!(baton.wait_exit().success(), "{}", baton.output());
+}
+
+/// Two loads at once, one opening a connection per request, one keeping
+/// its connections.
+struct Loads {
+    loads: Vec<Load>,
+}
+
+impl Loads {
+    fn start(addr: std::net::SocketAddr) -> Loads {
+        let loads = [Mode::NewConnection, Mode::KeepAlive]
+            .into_iter()
+            .map(|mode| {
+                Load::start(Config {
+                    mode,
+                    clients: 4,
+                    duration: Duration::from_secs(120),
+                    ..Config::new(addr)
+                })
+                .expect("load")
+            })
+            .collect();
+        Loads { loads }
+    }
+
+    /// Wait until each load has served `n` more requests.
+    fn more(&self, rt: &tokio::runtime::Runtime, n: u64) {
+        for load in &self.loads {
+            let served = load.ok_so_far();
+            rt.block_on(load.wait_for(|s| s.ok >= served + n))
+                .expect("the load runs");
+        }
+    }
+
+    fn finish(self, rt: &tokio::runtime::Runtime) -> Vec<Report> {
+        for load in &self.loads {
+            load.stop();
+        }
+        self.loads
+            .into_iter()
+            .map(|load| rt.block_on(load.finish()))
+            .collect()
+    }
+}
+
+#[test]
+fn a_broken_config_fails_the_reload_and_the_old_generation_serves_on() {
+    let _serial = exclusive();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("baton.toml");
+    let good = config_text(&["http=127.0.0.1:0"], "", "GREETING = \"hello\"");
+    write(&config, &good);
+    let mut baton = start(&config);
+    let first = baton.wait_ready(1);
+    let rt = runtime();
+    let _enter = rt.enter();
+    let loads = Loads::start(baton.address("http"));
+    loads.more(&rt, 50);
+    let name = config.display().to_string();
+
+    // Not TOML at all.
+    write(&config, &good.replace("listen = [", "listen = [[["));
+    baton.signal(Signal::SIGHUP);
+    let failed = baton.wait_for(&["reload reload=1 trigger=signal result=failed"]);
+    // The parser stops at the next line, which is not to blame.
+    assert!(
+        failed.contains(&format!(
+            "{name}: line 4: missing comma between array elements"
+        )),
+        "{failed}"
+    );
+    loads.more(&rt, 50);
+
+    // TOML, but a value that is not a duration.
+    write(
+        &config,
+        &config_text(
+            &["http=127.0.0.1:0"],
+            "ready_timeout = \"soon\"",
+            "GREETING = \"hello\"",
+        ),
+    );
+    baton.signal(Signal::SIGHUP);
+    let failed = baton.wait_for(&["reload reload=2 trigger=signal result=failed"]);
+    assert!(
+        failed.contains(&format!(
+            "{name}: line 5, key `ready_timeout`: expected a duration like 500ms, 2s or 1m"
+        )),
+        "{failed}"
+    );
+    loads.more(&rt, 50);
+
+    // `ctl reload` gets the same failure, with exit code 1.
+    write(&config, &format!("unknown_key = 1\n{good}"));
+    let (exit, response) = baton.ctl_json(&["reload"]);
+    assert_eq!(exit.code(), Some(1), "{response:#}");
+    let reason = response["reload"]["reason"].as_str().expect("a reason");
+    assert!(
+        reason.starts_with(&format!("{name}: line 1, key `unknown_key`: unknown field")),
+        "{reason}"
+    );
+    assert_eq!(response["reload"]["generation"], serde_json::Value::Null);
+    loads.more(&rt, 50);
+
+    let (exit, status) = baton.ctl_json(&["status"]);
+    assert!(exit.success());
+    let status = &status["status"];
+    assert_eq!(status["counters"]["reloads_failed"], 3, "{status:#}");
+    assert_eq!(status["counters"]["reloads_ok"], 0, "{status:#}");
+    assert_eq!(status["generations"].as_array().unwrap().len(), 1);
+    assert_eq!(status["generations"][0]["pid"], first, "{status:#}");
+    assert_eq!(baton.count(&["spawned generation=2 "]), 0);
+
+    // Fixed, it reloads.
+    write(&config, &good.replace("hello", "fixed"));
+    baton.signal(Signal::SIGHUP);
+    baton.wait_ready(2);
+    baton.wait_for(&["exited", " generation=1 "]);
+    loads.more(&rt, 50);
+    for report in loads.finish(&rt) {
+        assert_eq!(
+            report.failed_total(),
+            0,
+            "{}\n{:?}",
+            report.summary(),
+            report.error_samples
+        );
+        assert!(
+            report.header_values.contains_key(&first.to_string()),
+            "{report:?}"
+        );
+    }
+    assert_eq!(
+        http_get(baton.address("http"), "/env/GREETING"),
+        (200, "fixed".into())
+    );
+    baton.signal(Signal::SIGTERM);
+    assert!(baton.wait_exit().success(), "{}", baton.output());
+}
+
+#[test]
+fn listeners_may_be_appended_but_not_removed_or_reordered() {
+    let _serial = exclusive();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("baton.toml");
+    write(&config, &config_text(&["http=127.0.0.1:0"], "", ""));
+    let mut baton = start(&config);
+    baton.wait_ready(1);
+    let http = baton.address("http");
+
+    write(
+        &config,
+        &config_text(&["http=127.0.0.1:0", "admin=127.0.0.1:0"], "", ""),
+    );
+    baton.signal(Signal::SIGHUP);
+    let admin = baton.address("admin");
+    let second = baton.wait_ready(2);
+    // Generation 1 accepts until it has taken its stop signal.
+    baton.wait_for(&["exited", " generation=1 "]);
+    let (code, body) = http_get(http, "/fds");
+    assert_eq!(code, 200, "{body}");
+    let fds: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(fds["pid"], second, "{body}");
+    assert_eq!(fds["fds"], serde_json::json!([0, 1, 2, 3, 4]), "{body}");
+    assert_eq!(fds["LISTEN_FDS"], "2", "{body}");
+    assert_eq!(fds["LISTEN_FDNAMES"], "http:admin", "{body}");
+    let (code, body) = http_get(admin, "/");
+    assert_eq!(code, 200);
+    assert!(body.contains("generation=2"), "{body}");
+
+    for (n, listen) in [
+        (2, vec!["http=127.0.0.1:0"]),
+        (3, vec!["admin=127.0.0.1:0", "http=127.0.0.1:0"]),
+        (4, vec!["http=127.0.0.1:0", "admin=127.0.0.1:1"]),
+    ] {
+        write(&config, &config_text(&listen, "", ""));
+        baton.signal(Signal::SIGHUP);
+        let failed = baton.wait_for(&[&format!("reload reload={n} trigger=signal result=failed")]);
+        assert!(
+            failed.contains(
+                "listeners can only be appended: removing, changing or reordering one needs a restart of baton"
+            ),
+            "{failed}"
+        );
+        for addr in [http, admin] {
+            let (code, body) = http_get(addr, "/");
+            assert_eq!(code, 200);
+            assert!(body.contains(&format!("pid={second} ")), "{body}");
+        }
+    }
+    let (_, status) = baton.ctl_json(&["status"]);
+    let listeners = status["status"]["listeners"].as_array().unwrap().clone();
+    let names: Vec<&str> = listeners
+        .iter()
+        .map(|l| l["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["http", "admin"]);
+    assert_eq!(status["status"]["counters"]["reloads_failed"], 3);
+    assert_eq!(pid_in(&baton.wait_for(&["spawned generation=2 "])), second);
+    assert_eq!(baton.count(&["spawned generation=3 "]), 0);
+    baton.signal(Signal::SIGTERM);
+    assert!(baton.wait_exit().success(), "{}", baton.output());
+}
+
+fn check(config: &Path) -> std::process::Output {
+    let mut command = Command::new(baton_bin());
+    command
+        .args(["check", "--config"])
+        .arg(config)
+        .env_remove("BATON_CONTROL");
+    output_within_deadline(command)
+}
+
+#[test]
+fn baton_check_prints_the_resolved_settings_or_one_line_of_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("baton.toml");
+    write(
+        &config,
+        r#"
+command = ["/usr/bin/app", "--port", "fd://3"]
+workdir = "/srv/app"
+listen = ["http=127.0.0.1:8080", "unix:/run/app/admin.sock"]
+backlog = 512
+unix_mode = "0660"
+ready = "notify"
+ready_timeout = "30s"
+stop_signal = "QUIT"
+drain_timeout = "1m"
+max_draining = 2
+name = "app"
+control = "/run/app/baton.sock"
+control_mode = "0660"
+metrics = "127.0.0.1:9100"
+
+[env]
+RUST_LOG = "info"
+"#,
+    );
+    let output = check(&config);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(
+        stdout.lines().collect::<Vec<_>>(),
+        [
+            "listen = http=127.0.0.1:8080",
+            "listen = listen1=unix:/run/app/admin.sock",
+            "backlog = 512",
+            "unix_mode = 0660",
+            r#"command = ["/usr/bin/app", "--port", "fd://3"]"#,
+            "workdir = /srv/app",
+            r#"env.RUST_LOG = "info""#,
+            "ready = notify",
+            "ready_timeout = 30s",
+            "stop_signal = SIGQUIT",
+            "drain_timeout = 60s",
+            "max_draining = 2",
+            "name = app",
+            "control = /run/app/baton.sock",
+            "control_mode = 0660",
+            "metrics = 127.0.0.1:9100",
+        ],
+        "{stdout}"
+    );
+
+    // Defaults fill in what the file leaves out.
+    write(
+        &config,
+        "command = [\"/usr/bin/app\"]\nlisten = [\":8080\"]\n",
+    );
+    let output = check(&config);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{output:?}");
+    for line in [
+        "backlog = 1024",
+        "ready = delay=1s",
+        "ready_timeout = 60s",
+        "stop_signal = SIGTERM",
+        "drain_timeout = 30s",
+        "max_draining = 4",
+        "name = app",
+        "control_mode = 0600",
+    ] {
+        assert!(
+            stdout.lines().any(|l| l == line),
+            "no {line:?} in\n{stdout}"
+        );
+    }
+
+    let name = config.display().to_string();
+    for (text, error) in [
+        (
+            "listen = [\":8080\"]\n\nready_timeout = \"soon\"\n",
+            format!(
+                "{name}: line 3, key `ready_timeout`: expected a duration like 500ms, 2s or 1m"
+            ),
+        ),
+        (
+            "listen = [\":8080\"]\nlisen = [\":8081\"]\n",
+            format!("{name}: line 2, key `lisen`: unknown field `lisen`"),
+        ),
+        (
+            "command = [\"/bin/app\"]\nlisten = [\":8080\"\n",
+            format!("{name}: line 2"),
+        ),
+        (
+            "command = [\"/bin/app\"]\nlisten = [\"nohost:1\"]\n",
+            format!("{name}: line 2, key `listen`: invalid listener"),
+        ),
+    ] {
+        write(&config, text);
+        let output = check(&config);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{text}\n{output:?}");
+        assert!(output.stdout.is_empty(), "{output:?}");
+        assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+        assert!(
+            stderr.starts_with(&format!("baton: error: {error}")),
+            "{text}\nwant: {error}\ngot: {stderr}"
+        );
+    }
+
+    // A file that does not exist.
+    let output = check(&dir.path().join("missing.toml"));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    assert!(stderr.contains("cannot read"), "{stderr}");
+}
