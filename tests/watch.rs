@@ -1,0 +1,288 @@
+//! The dev loop: a saved file rebuilds and reloads without failing a
+//! request; bursts, ignored files and the build's own output cause no
+//! extra builds; a failed build keeps the old code serving.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use baton_e2e::{Baton, alive, baton_bin, exclusive, field, http_get, runtime, test_worker_bin};
+use baton_loadgen::{Config, Load, Mode};
+use nix::sys::signal::Signal;
+
+/// A project directory: `src/answer.txt` is "the code"; the build copies
+/// it to `target/answer.txt` (ignored by default), which the worker
+/// serves at `GET /answer`.
+fn project(answer: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("src")).unwrap();
+    std::fs::write(dir.path().join("src/answer.txt"), answer).unwrap();
+    dir
+}
+
+/// The usual build: fails when the answer says "broken", sleeps when it
+/// says "slow", else copies the answer into `target/`.
+const BUILD: &str = "if grep -q broken src/answer.txt; then echo broken >&2; exit 3; fi; \
+     if grep -q slow src/answer.txt; then echo sleeping; sleep 30; fi; \
+     mkdir -p target && cp src/answer.txt target/answer.txt";
+
+fn start(dir: &Path, extra: &[&str]) -> Baton {
+    let mut command = Command::new(baton_bin());
+    command.current_dir(dir).args([
+        "run",
+        "--listen",
+        "http=127.0.0.1:0",
+        "--ready",
+        "notify",
+        "--watch",
+        "src",
+        "--debounce",
+        "200ms",
+        "--min-interval",
+        "0",
+        "--build",
+        BUILD,
+    ]);
+    command
+        .args(extra)
+        .arg("--")
+        .arg(test_worker_bin())
+        .args(["--answer-file", "target/answer.txt"]);
+    Baton::spawn(command)
+}
+
+fn answer(baton: &Baton) -> String {
+    let (status, body) = http_get(baton.address("http"), "/answer");
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+fn write(dir: &Path, file: &str, text: &str) {
+    let path = dir.join(file);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, text).unwrap();
+}
+
+#[test]
+fn a_saved_file_rebuilds_and_the_new_generation_serves_the_new_code() {
+    let _serial = exclusive();
+    let dir = project("v1");
+    let mut baton = start(dir.path(), &[]);
+    baton.wait_ready(1);
+    assert_eq!(answer(&baton), "v1");
+    write(dir.path(), "src/answer.txt", "v2");
+    baton.wait_ready(2);
+    assert_eq!(answer(&baton), "v2");
+    let changed = baton.wait_for(&["changed: src/answer.txt"]);
+    assert!(changed.contains("changes=1"), "{changed}");
+    baton.signal(Signal::SIGTERM);
+    assert!(baton.wait_exit().success(), "{}", baton.output());
+}
+
+#[test]
+fn a_burst_of_writes_gives_one_build() {
+    let _serial = exclusive();
+    let dir = project("v1");
+    let mut baton = start(dir.path(), &[]);
+    baton.wait_ready(1);
+    // 200 writes to 50 files within half a second.
+    for round in 0..4 {
+        for file in 0..50 {
+            write(dir.path(), &format!("src/f{file}.txt"), &format!("{round}"));
+        }
+    }
+    baton.wait_ready(2);
+    // A positive sentinel: the next write gives exactly the next build.
+    write(dir.path(), "src/answer.txt", "v3");
+    baton.wait_ready(3);
+    assert_eq!(answer(&baton), "v3");
+    baton.signal(Signal::SIGTERM);
+    assert!(baton.wait_exit().success(), "{}", baton.output());
+    assert_eq!(
+        baton.count(&["build started"]),
+        3,
+        "the first build, one for the burst, one for the sentinel:\n{}",
+        baton.output()
+    );
+    let burst = baton.wait_for(&["changed:"]);
+    assert_eq!(field(&burst, "changes"), Some("50"), "{burst}");
+}
+
+#[test]
+fn ignored_files_and_the_builds_own_output_trigger_nothing() {
+    let _serial = exclusive();
+    let dir = project("v1");
+    std::fs::write(dir.path().join(".gitignore"), "generated/\n").unwrap();
+    // A repository whose top `.gitignore` applies to `src` (a `src/.git`
+    // would make `src` a repository of its own).
+    std::fs::create_dir(dir.path().join(".git")).unwrap();
+    for ignored in ["src/target", "src/node_modules", "src/generated"] {
+        std::fs::create_dir_all(dir.path().join(ignored)).unwrap();
+    }
+    // The build also writes into the watched tree: the worker's own
+    // binary (like `go build -o ./src/app`), which must not trigger it.
+    // Replaced by rename, as linkers do (the running binary is busy).
+    let build = format!(
+        "{BUILD} && cp {} target/app.new && mv target/app.new src/app",
+        test_worker_bin().display()
+    );
+    let mut command = Command::new(baton_bin());
+    command.current_dir(dir.path()).args([
+        "run",
+        "--listen",
+        "http=127.0.0.1:0",
+        "--ready",
+        "notify",
+        "--watch",
+        "src",
+        "--debounce",
+        "200ms",
+        "--min-interval",
+        "0",
+        "--build",
+        &build,
+        "--",
+        "src/app",
+        "--answer-file",
+        "target/answer.txt",
+    ]);
+    let mut baton = Baton::spawn(command);
+    baton.wait_ready(1);
+    for (file, text) in [
+        ("src/target/x.o", "1"),
+        ("src/node_modules/m.js", "1"),
+        ("src/generated/g.rs", "1"),
+        ("src/.answer.txt.swp", "1"),
+        ("src/answer.txt~", "1"),
+    ] {
+        write(dir.path(), file, text);
+    }
+    // The sentinel: one watched write, one build, and its batch holds
+    // nothing but the sentinel.
+    write(dir.path(), "src/answer.txt", "v2");
+    baton.wait_ready(2);
+    assert_eq!(answer(&baton), "v2");
+    baton.signal(Signal::SIGTERM);
+    assert!(baton.wait_exit().success(), "{}", baton.output());
+    assert_eq!(baton.count(&["changed:"]), 1, "{}", baton.output());
+    let changed = baton.wait_for(&["changed:"]);
+    assert!(
+        changed.contains("changed: src/answer.txt changes=1"),
+        "{changed}"
+    );
+    assert_eq!(baton.count(&["build started"]), 2, "{}", baton.output());
+}
+
+#[test]
+fn a_failed_build_keeps_the_old_code_serving_under_load() {
+    let _serial = exclusive();
+    let dir = project("v1");
+    let mut baton = start(dir.path(), &[]);
+    baton.wait_ready(1);
+    let rt = runtime();
+    let _enter = rt.enter();
+    let load = Load::start(Config {
+        mode: Mode::KeepAlive,
+        clients: 4,
+        duration: Duration::from_secs(120),
+        ..Config::new(baton.address("http"))
+    })
+    .expect("load");
+    rt.block_on(load.wait_for(|s| s.ok >= 50))
+        .expect("the load runs");
+    write(dir.path(), "src/answer.txt", "broken");
+    let failed = baton.wait_for(&["build failed"]);
+    assert!(failed.contains("exit code 3"), "{failed}");
+    assert!(failed.contains("generation 1 keeps serving"), "{failed}");
+    baton.wait_for(&["build | broken"]);
+    let served = load.ok_so_far();
+    rt.block_on(load.wait_for(|s| s.ok >= served + 50))
+        .expect("the load runs");
+    assert_eq!(answer(&baton), "v1");
+    // Fixed: the next change builds and reloads.
+    write(dir.path(), "src/answer.txt", "v2");
+    baton.wait_ready(2);
+    let served = load.ok_so_far();
+    rt.block_on(load.wait_for(|s| s.ok >= served + 50))
+        .expect("the load runs");
+    load.stop();
+    let report = rt.block_on(load.finish());
+    assert_eq!(report.failed_total(), 0, "{}", report.summary());
+    assert_eq!(answer(&baton), "v2");
+    baton.signal(Signal::SIGTERM);
+    assert!(baton.wait_exit().success(), "{}", baton.output());
+}
+
+#[test]
+fn a_change_during_a_slow_build_cancels_it() {
+    let _serial = exclusive();
+    let dir = project("v1");
+    let mut baton = start(dir.path(), &[]);
+    baton.wait_ready(1);
+    write(dir.path(), "src/answer.txt", "slow");
+    let slow = baton.wait_for_nth(2, &["build started"]);
+    let slow_pid: i32 = field(&slow, "pid").unwrap().parse().unwrap();
+    baton.wait_for(&["build | sleeping"]);
+    write(dir.path(), "src/answer.txt", "v3");
+    baton.wait_for(&["build cancelled"]);
+    baton.wait_ready(2);
+    assert_eq!(answer(&baton), "v3");
+    assert!(
+        baton_e2e::eventually(|| !alive(slow_pid)),
+        "the cancelled build {slow_pid} is gone"
+    );
+    baton.signal(Signal::SIGTERM);
+    assert!(baton.wait_exit().success(), "{}", baton.output());
+    assert_eq!(baton.count(&["build started"]), 3, "{}", baton.output());
+}
+
+/// How Kubernetes updates a mounted ConfigMap: `app.yaml -> ..data/app.yaml`,
+/// and `..data` is switched atomically to a new directory.
+#[test]
+fn a_configmap_style_symlink_swap_reloads_once() {
+    use std::os::unix::fs::symlink;
+    let _serial = exclusive();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config");
+    std::fs::create_dir_all(config.join("..v1")).unwrap();
+    std::fs::write(config.join("..v1/app.yaml"), "a: 1").unwrap();
+    symlink("..v1", config.join("..data")).unwrap();
+    symlink("..data/app.yaml", config.join("app.yaml")).unwrap();
+    let swap = |version: &str| {
+        std::fs::create_dir_all(config.join(version)).unwrap();
+        std::fs::write(config.join(version).join("app.yaml"), version).unwrap();
+        symlink(version, config.join("..data_tmp")).unwrap();
+        std::fs::rename(config.join("..data_tmp"), config.join("..data")).unwrap();
+    };
+    let mut command = Command::new(baton_bin());
+    command.current_dir(dir.path()).args([
+        "run",
+        "--listen",
+        "http=127.0.0.1:0",
+        "--ready",
+        "notify",
+        "--watch",
+        "config/app.yaml",
+        "--debounce",
+        "200ms",
+        "--min-interval",
+        "0",
+        "--",
+    ]);
+    command.arg(test_worker_bin());
+    let mut baton = Baton::spawn(command);
+    baton.wait_ready(1);
+    swap("..v2");
+    baton.wait_ready(2);
+    // The sentinel: the next swap is exactly the next reload.
+    swap("..v3");
+    baton.wait_ready(3);
+    baton.signal(Signal::SIGTERM);
+    assert!(baton.wait_exit().success(), "{}", baton.output());
+    assert_eq!(
+        baton.count(&["trigger=watch result=ok"]),
+        2,
+        "{}",
+        baton.output()
+    );
+}
