@@ -159,8 +159,12 @@ pub struct Driver {
     workers: BTreeMap<Generation, Worker>,
     guardian: Option<Guardian>,
     guardian_reaped: bool,
-    timers: mpsc::UnboundedSender<Timer>,
-    timers_rx: mpsc::UnboundedReceiver<Timer>,
+    /// Pending timers by deadline (the number keeps equal deadlines
+    /// apart). One map instead of a task per timer: a stale timer of a
+    /// gone generation is dropped at once instead of holding memory until
+    /// it would have fired.
+    timers: BTreeMap<(Instant, u64), Timer>,
+    timer_seq: u64,
     notes: mpsc::UnboundedSender<Notification>,
     notes_rx: mpsc::UnboundedReceiver<Notification>,
     interrupts: u32,
@@ -182,7 +186,6 @@ impl Driver {
         if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) } != 0 {
             return Err(DriverError::Subreaper(io::Error::last_os_error()));
         }
-        let (timers, timers_rx) = mpsc::unbounded_channel();
         let (notes, notes_rx) = mpsc::unbounded_channel();
         let (calls, calls_rx) = mpsc::channel(64);
         Ok(Driver {
@@ -211,8 +214,8 @@ impl Driver {
             workers: BTreeMap::new(),
             guardian,
             guardian_reaped: false,
-            timers,
-            timers_rx,
+            timers: BTreeMap::new(),
+            timer_seq: 0,
             notes,
             notes_rx,
             interrupts: 0,
@@ -289,7 +292,9 @@ impl Driver {
                 }
                 _ = child.recv() => None,
                 _ = group_check.tick() => None,
-                Some(timer) = self.timers_rx.recv() => Some(Event::TimerFired(timer)),
+                _ = sleep_until(self.timers.keys().next().map(|(at, _)| *at)) => {
+                    self.timers.pop_first().map(|(_, timer)| Event::TimerFired(timer))
+                }
                 Some(note) = self.notes_rx.recv() => self.on_notification(note),
             };
             // Reap on every wake-up: cheap, and a SIGCHLD may have been
@@ -681,11 +686,21 @@ impl Driver {
         }
     }
 
-    fn start_timer(&self, timer: Timer, after: Duration) {
-        let timers = self.timers.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(after).await;
-            let _ = timers.send(timer);
+    fn start_timer(&mut self, timer: Timer, after: Duration) {
+        self.timer_seq += 1;
+        self.timers
+            .insert((Instant::now() + after, self.timer_seq), timer);
+    }
+
+    /// Drop the timers of a generation that is gone: the machine would
+    /// ignore them anyway.
+    fn forget_timers(&mut self, gone: Generation) {
+        self.timers.retain(|_, timer| match *timer {
+            Timer::ReadyDelay(g)
+            | Timer::ReadyDeadline(g)
+            | Timer::DrainDeadline(g)
+            | Timer::Stable(g) => g != gone,
+            Timer::Restart(_) => true,
         });
     }
 
@@ -909,6 +924,7 @@ impl Driver {
                 )
             }
             Report::Exited { generation, status } => {
+                self.forget_timers(generation);
                 let worker = self.workers.remove(&generation);
                 let pid = worker.as_ref().and_then(|w| w.pid).unwrap_or(0);
                 let drain = worker.and_then(|w| w.drain_started).map(|t| t.elapsed());
