@@ -365,6 +365,68 @@ pub fn eventually(mut done: impl FnMut() -> bool) -> bool {
     done()
 }
 
+/// Load-client traffic against one address. Its clients run on a runtime
+/// of their own while the test thread waits on baton's output.
+pub struct Traffic {
+    rt: tokio::runtime::Runtime,
+    load: baton_loadgen::Load,
+}
+
+impl Traffic {
+    /// Start `clients` clients in `mode`, bounded to two minutes.
+    pub fn start(addr: SocketAddr, mode: baton_loadgen::Mode, clients: usize) -> Traffic {
+        let rt = runtime();
+        let load = {
+            let _enter = rt.enter();
+            baton_loadgen::Load::start(baton_loadgen::Config {
+                mode,
+                clients,
+                duration: Duration::from_secs(120),
+                ..baton_loadgen::Config::new(addr)
+            })
+            .expect("a valid load")
+        };
+        Traffic { rt, load }
+    }
+
+    /// Wait until `more` requests beyond those so far have succeeded.
+    pub fn serve(&self, more: u64) {
+        let target = self.load.ok_so_far() + more;
+        self.rt
+            .block_on(self.load.wait_for(|s| s.ok >= target))
+            .expect("the load runs");
+    }
+
+    /// Wait until the counts satisfy `done`.
+    pub fn wait_for(&self, done: impl FnMut(&baton_loadgen::Snapshot) -> bool) {
+        self.rt
+            .block_on(self.load.wait_for(done))
+            .expect("the load runs");
+    }
+
+    /// Stop opening new requests (those in flight go on).
+    pub fn stop(&self) {
+        self.load.stop();
+    }
+
+    /// Stop opening requests, let those in flight finish, and report.
+    pub fn finish(self) -> baton_loadgen::Report {
+        self.load.stop();
+        self.rt.block_on(self.load.finish())
+    }
+}
+
+/// Assert that no request failed, showing the first errors if some did.
+pub fn assert_no_failures(report: &baton_loadgen::Report) {
+    assert_eq!(
+        report.failed_total(),
+        0,
+        "{}\n{:?}",
+        report.summary(),
+        report.error_samples
+    );
+}
+
 /// A runtime for the load client, whose clients run on its threads while
 /// the test thread blocks on baton's output.
 pub fn runtime() -> tokio::runtime::Runtime {

@@ -3,10 +3,11 @@
 //! crash is covered by the next generation.
 
 use std::collections::BTreeSet;
-use std::time::Duration;
 
-use baton_e2e::{Baton, alive, eventually, exclusive, pid_in, run_args, runtime};
-use baton_loadgen::{Config, Load, Mode};
+use baton_e2e::{
+    Baton, Traffic, alive, assert_no_failures, eventually, exclusive, pid_in, run_args,
+};
+use baton_loadgen::Mode;
 use nix::sys::signal::Signal;
 
 /// Reload into a generation that fails to start, under load: the reload
@@ -18,17 +19,8 @@ fn failed_reload_keeps_the_old_worker(worker_flags: &[&str], reason: &str) {
         worker_flags,
     ));
     let first = baton.wait_ready(1);
-    let rt = runtime();
-    let _enter = rt.enter();
-    let load = Load::start(Config {
-        mode: Mode::NewConnection,
-        clients: 4,
-        duration: Duration::from_secs(120),
-        ..Config::new(baton.address("http"))
-    })
-    .expect("load");
-    rt.block_on(load.wait_for(|s| s.ok >= 50))
-        .expect("the load runs");
+    let traffic = Traffic::start(baton.address("http"), Mode::NewConnection, 4);
+    traffic.serve(50);
 
     baton.signal(Signal::SIGHUP);
     let failed = baton.wait_for(&["reload failed", " generation=2 "]);
@@ -37,12 +29,9 @@ fn failed_reload_keeps_the_old_worker(worker_flags: &[&str], reason: &str) {
     baton.wait_for(&["exited", " generation=2 "]);
     assert!(!alive(second), "the failed worker {second} is gone");
 
-    let served = load.ok_so_far();
-    rt.block_on(load.wait_for(|s| s.ok >= served + 50))
-        .expect("the load runs");
-    load.stop();
-    let report = rt.block_on(load.finish());
-    assert_eq!(report.failed_total(), 0, "{}", report.summary());
+    traffic.serve(50);
+    let report = traffic.finish();
+    assert_no_failures(&report);
     let pids: Vec<&String> = report.header_values.keys().collect();
     assert_eq!(pids, [&first.to_string()], "only generation 1 served");
     baton.signal(Signal::SIGTERM);
@@ -117,30 +106,13 @@ fn a_crash_is_covered_by_the_next_generation() {
     let _serial = exclusive();
     let mut baton = Baton::start(&run_args(&["--ready", "notify"], &["--crash-after", "200"]));
     baton.wait_ready(1);
-    let rt = runtime();
-    let _enter = rt.enter();
-    let load = Load::start(Config {
-        mode: Mode::NewConnection,
-        clients: 8,
-        duration: Duration::from_secs(120),
-        ..Config::new(baton.address("http"))
-    })
-    .expect("load");
+    let traffic = Traffic::start(baton.address("http"), Mode::NewConnection, 8);
     baton.wait_for(&["crashed", " generation=1 "]);
     baton.wait_for(&["crashed", " generation=2 "]);
     baton.wait_ready(3);
-    let served = load.ok_so_far();
-    rt.block_on(load.wait_for(|s| s.ok >= served + 20))
-        .expect("the load runs");
-    load.stop();
-    let report = rt.block_on(load.finish());
-    assert_eq!(
-        report.failed_total(),
-        0,
-        "{}\n{:?}",
-        report.summary(),
-        report.error_samples
-    );
+    traffic.serve(20);
+    let report = traffic.finish();
+    assert_no_failures(&report);
     let pids: BTreeSet<&String> = report.header_values.keys().collect();
     assert!(pids.len() >= 3, "{pids:?}");
     let restarts = baton.count(&["restart scheduled"]);

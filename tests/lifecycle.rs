@@ -1,13 +1,12 @@
 //! What a worker inherits, how baton stops, and how it refuses bad input.
 
 use std::net::TcpListener;
-use std::time::Duration;
 
 use baton_e2e::{
-    Baton, eventually, exclusive, http_get, processes_with_token, run_args, runtime,
-    test_worker_bin,
+    Baton, Traffic, assert_no_failures, eventually, exclusive, http_get, processes_with_token,
+    run_args, test_worker_bin,
 };
-use baton_loadgen::{Config, Load, Mode};
+use baton_loadgen::Mode;
 use nix::sys::signal::Signal;
 
 #[test]
@@ -45,27 +44,12 @@ fn sigterm_under_load_completes_every_request_in_flight() {
     let _serial = exclusive();
     let mut baton = Baton::start(&run_args(&["--ready", "notify"], &["--work", "200ms"]));
     baton.wait_ready(1);
-    let rt = runtime();
-    let _enter = rt.enter();
-    let load = Load::start(Config {
-        mode: Mode::KeepAlive,
-        clients: 8,
-        duration: Duration::from_secs(120),
-        ..Config::new(baton.address("http"))
-    })
-    .expect("load");
-    rt.block_on(load.wait_for(|s| s.ok >= 16 && s.in_flight() >= 4))
-        .expect("the load runs");
-    load.stop();
+    let traffic = Traffic::start(baton.address("http"), Mode::KeepAlive, 8);
+    traffic.wait_for(|s| s.ok >= 16 && s.in_flight() >= 4);
+    traffic.stop();
     baton.signal(Signal::SIGTERM);
-    let report = rt.block_on(load.finish());
-    assert_eq!(
-        report.failed_total(),
-        0,
-        "{}\n{:?}",
-        report.summary(),
-        report.error_samples
-    );
+    let report = traffic.finish();
+    assert_no_failures(&report);
     let status = baton.wait_exit();
     assert!(status.success(), "{status:?}\n{}", baton.output());
     assert!(

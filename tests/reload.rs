@@ -1,79 +1,45 @@
 //! The promise: reloads under steady load fail no request.
 
-use std::time::Duration;
-
-use baton_e2e::{Baton, exclusive, run_args, runtime};
-use baton_loadgen::{Config, Load, Mode, Report};
+use baton_e2e::{Baton, Traffic, assert_no_failures, exclusive, run_args};
+use baton_loadgen::Mode;
 use nix::sys::signal::Signal;
 
 const RELOADS: u64 = 20;
 
-/// Start load, reload `RELOADS` times (each time waiting until the new
-/// generation is ready and has served some requests), stop, report.
-fn reload_under_load(mode: Mode) -> Report {
+/// Reload `RELOADS` times under load, each time waiting until the new
+/// generation is ready and more requests were served: zero may fail, and
+/// at least `RELOADS` workers must have answered.
+fn reload_under_load(mode: Mode) {
     let _serial = exclusive();
     let mut baton = Baton::start(&run_args(&["--ready", "notify"], &[]));
     baton.wait_ready(1);
-    let rt = runtime();
-    let _enter = rt.enter();
-    let load = Load::start(Config {
-        mode,
-        clients: 8,
-        duration: Duration::from_secs(120),
-        ..Config::new(baton.address("http"))
-    })
-    .expect("load");
+    let traffic = Traffic::start(baton.address("http"), mode, 8);
     for generation in 2..=RELOADS + 1 {
-        let served = load.ok_so_far();
-        rt.block_on(load.wait_for(|s| s.ok >= served + 50))
-            .expect("the load runs");
+        traffic.serve(50);
         baton.signal(Signal::SIGHUP);
         baton.wait_ready(generation);
     }
-    let served = load.ok_so_far();
-    rt.block_on(load.wait_for(|s| s.ok >= served + 50))
-        .expect("the load runs");
-    load.stop();
-    let report = rt.block_on(load.finish());
+    traffic.serve(50);
+    let report = traffic.finish();
     baton.signal(Signal::SIGTERM);
     assert!(baton.wait_exit().success(), "{}", baton.output());
-    report
+    assert_no_failures(&report);
+    assert!(
+        report.distinct_header_values() >= RELOADS as usize,
+        "responses came from only {} workers: {}",
+        report.distinct_header_values(),
+        report.summary()
+    );
 }
 
 #[test]
 fn new_connection_traffic_survives_twenty_reloads() {
-    let report = reload_under_load(Mode::NewConnection);
-    assert_eq!(
-        report.failed_total(),
-        0,
-        "{}\n{:?}",
-        report.summary(),
-        report.error_samples
-    );
-    assert!(
-        report.distinct_header_values() >= RELOADS as usize,
-        "responses came from only {} workers: {}",
-        report.distinct_header_values(),
-        report.summary()
-    );
+    reload_under_load(Mode::NewConnection);
 }
 
 #[test]
 fn keep_alive_traffic_survives_twenty_reloads() {
-    let report = reload_under_load(Mode::KeepAlive);
-    assert_eq!(
-        report.failed_total(),
-        0,
-        "{}\n{:?}",
-        report.summary(),
-        report.error_samples
-    );
-    assert!(
-        report.distinct_header_values() >= RELOADS as usize,
-        "responses came from only {} workers: {}",
-        report.distinct_header_values(),
-        report.summary()
-    );
+    reload_under_load(Mode::KeepAlive);
 }
 
 /// 100 SIGHUPs within one slow reload: one reload runs, one more follows
@@ -86,17 +52,8 @@ fn a_sighup_storm_gives_exactly_two_spawns() {
         &["--startup-delay", "2s", "--from-gen", "2"],
     ));
     baton.wait_ready(1);
-    let rt = runtime();
-    let _enter = rt.enter();
-    let load = Load::start(Config {
-        mode: Mode::KeepAlive,
-        clients: 4,
-        duration: Duration::from_secs(120),
-        ..Config::new(baton.address("http"))
-    })
-    .expect("load");
-    rt.block_on(load.wait_for(|s| s.ok >= 20))
-        .expect("the load runs");
+    let traffic = Traffic::start(baton.address("http"), Mode::KeepAlive, 4);
+    traffic.serve(20);
     baton.signal(Signal::SIGHUP);
     // The storm lands while generation 2 sleeps through its startup delay.
     baton.wait_for(&["spawned", " generation=2 "]);
@@ -104,11 +61,8 @@ fn a_sighup_storm_gives_exactly_two_spawns() {
         baton.signal(Signal::SIGHUP);
     }
     baton.wait_ready(3);
-    let served = load.ok_so_far();
-    rt.block_on(load.wait_for(|s| s.ok >= served + 20))
-        .expect("the load runs");
-    load.stop();
-    let report = rt.block_on(load.finish());
+    traffic.serve(20);
+    let report = traffic.finish();
     // Stopping baton settles the count: nothing can be spawned after exit.
     baton.signal(Signal::SIGTERM);
     assert!(baton.wait_exit().success(), "{}", baton.output());
@@ -118,5 +72,5 @@ fn a_sighup_storm_gives_exactly_two_spawns() {
         "generation 1 and exactly two reloads:\n{}",
         baton.output()
     );
-    assert_eq!(report.failed_total(), 0, "{}", report.summary());
+    assert_no_failures(&report);
 }

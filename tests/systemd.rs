@@ -13,8 +13,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use baton_e2e::{
-    Baton, DEADLINE, eventually, exclusive, http_get, processes_with_token, run_args, runtime,
-    test_worker_bin,
+    Baton, DEADLINE, Traffic, assert_no_failures, eventually, exclusive, http_get,
+    processes_with_token, run_args, runtime, test_worker_bin,
 };
 use baton_loadgen::{Config, FailureKind, Load, Mode, Report};
 use nix::sys::signal::Signal;
@@ -448,36 +448,17 @@ fn a_socket_activated_baton_serves_through_a_reload_without_a_failed_request() {
     let env = environ(baton.pid());
     assert_eq!(env.get("LISTEN_PID"), Some(&baton.pid().to_string()));
 
-    let rt = runtime();
-    let _enter = rt.enter();
-    let load = Load::start(Config {
-        mode: Mode::NewConnection,
-        clients: 8,
-        duration: Duration::from_secs(120),
-        ..Config::new(addr)
-    })
-    .expect("load");
+    let traffic = Traffic::start(addr, Mode::NewConnection, 8);
     for generation in 2..=3 {
-        let served = load.ok_so_far();
-        rt.block_on(load.wait_for(|s| s.ok >= served + 100))
-            .expect("the load runs");
+        traffic.serve(100);
         baton.signal(Signal::SIGHUP);
         baton.wait_ready(generation);
     }
-    let served = load.ok_so_far();
-    rt.block_on(load.wait_for(|s| s.ok >= served + 100))
-        .expect("the load runs");
-    load.stop();
-    let report = rt.block_on(load.finish());
+    traffic.serve(100);
+    let report = traffic.finish();
     baton.signal(Signal::SIGTERM);
     assert!(baton.wait_exit().success(), "{}", baton.output());
-    assert_eq!(
-        report.failed_total(),
-        0,
-        "{}\n{:?}",
-        report.summary(),
-        report.error_samples
-    );
+    assert_no_failures(&report);
     assert!(
         report.distinct_header_values() >= 3,
         "three generations served: {}",
