@@ -216,11 +216,21 @@ impl Sampler {
             ProcessRefreshKind::nothing().with_cpu().with_memory(),
         );
         self.last = Instant::now();
-        let established = if with_connections.is_empty() {
-            HashSet::new()
-        } else {
-            established_inodes()
-        };
+        // Descriptors first: the sockets of draining groups are the only
+        // candidates worth looking up in the kernel's TCP tables.
+        let fds: HashMap<i32, Fds> = members
+            .values()
+            .flatten()
+            .map(|&pid| (pid, socket_inodes(pid)))
+            .collect();
+        let candidates: HashSet<u64> = members
+            .iter()
+            .filter(|(pgid, _)| with_connections.contains(pgid))
+            .flat_map(|(_, pids)| pids.iter())
+            .filter_map(|pid| fds.get(pid))
+            .flat_map(|f| f.sockets.iter().copied())
+            .collect();
+        let established = established_among(&candidates);
         let mut usage = HashMap::new();
         for (&pgid, pids) in &members {
             let mut u = Usage {
@@ -235,7 +245,7 @@ impl Sampler {
                     u.rss_bytes += p.memory();
                 }
                 u.threads += threads(pid);
-                let fds = socket_inodes(pid);
+                let Some(fds) = fds.get(&pid) else { continue };
                 u.open_fds += fds.total;
                 if with_connections.contains(&pgid) {
                     connections += fds.sockets.intersection(&established).count() as u64;
@@ -318,24 +328,36 @@ fn socket_inodes(pid: i32) -> Fds {
     fds
 }
 
-/// Inodes of every established TCP socket (IPv4 and IPv6).
-fn established_inodes() -> HashSet<u64> {
+/// Which of `candidates` are established TCP sockets (IPv4 and IPv6).
+///
+/// The tables are streamed a line at a time: on a busy host they hold tens
+/// of thousands of sockets (TIME_WAIT above all), and reading them whole
+/// every few seconds left megabytes resident in baton.
+fn established_among(candidates: &HashSet<u64>) -> HashSet<u64> {
+    use std::io::BufRead;
     const ESTABLISHED: &str = "01";
-    let mut inodes = HashSet::new();
+    let mut found = HashSet::new();
+    if candidates.is_empty() {
+        return found;
+    }
     for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let Ok(text) = std::fs::read_to_string(table) else {
+        let Ok(file) = std::fs::File::open(table) else {
             continue;
         };
-        for line in text.lines().skip(1) {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            if fields.get(3) == Some(&ESTABLISHED)
-                && let Some(inode) = fields.get(9).and_then(|i| i.parse().ok())
+        let mut reader = std::io::BufReader::new(file);
+        let mut line = String::new();
+        while matches!(reader.read_line(&mut line), Ok(n) if n > 0) {
+            let mut fields = line.split_whitespace();
+            if fields.nth(3) == Some(ESTABLISHED)
+                && let Some(inode) = fields.nth(5).and_then(|i| i.parse().ok())
+                && candidates.contains(&inode)
             {
-                inodes.insert(inode);
+                found.insert(inode);
             }
+            line.clear();
         }
     }
-    inodes
+    found
 }
 
 #[cfg(test)]
