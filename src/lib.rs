@@ -149,35 +149,51 @@ impl Baton {
         lines.iter().filter(|l| matches(l, needles)).count()
     }
 
-    /// Wait for the `nth` (1-based) line containing every one of `needles`;
-    /// panics with the whole output after [`DEADLINE`].
-    pub fn wait_for_nth(&self, nth: usize, needles: &[&str]) -> String {
+    /// Wait until `check` finds what it looks for in the lines so far
+    /// (told whether the output has ended); panics with the whole output,
+    /// naming `what`, after [`DEADLINE`] or once `check` says it never will.
+    fn wait_until<T>(
+        &self,
+        what: impl std::fmt::Display,
+        mut check: impl FnMut(&[String], bool) -> Option<Result<T, &'static str>>,
+    ) -> T {
         let deadline = Instant::now() + DEADLINE;
         let mut lines = self.lines.lines.lock().unwrap();
         loop {
-            if let Some(line) = lines.iter().filter(|l| matches(l, needles)).nth(nth - 1) {
-                return line.clone();
-            }
-            let now = Instant::now();
-            // Both pipes closed: no line will ever come.
             let ended = self.lines.closed.load(Ordering::SeqCst) == 2;
-            if now >= deadline || ended {
-                let output = lines.join("\n");
-                drop(lines);
-                let why = if ended {
-                    "before baton's output ended"
-                } else {
-                    "within the deadline"
-                };
-                panic!("no line #{nth} with {needles:?} {why}; output:\n{output}");
-            }
-            lines = self
-                .lines
-                .changed
-                .wait_timeout(lines, deadline - now)
-                .unwrap()
-                .0;
+            let now = Instant::now();
+            let why = match check(&lines, ended) {
+                Some(Ok(found)) => return found,
+                Some(Err(why)) => why,
+                None if now >= deadline => "within the deadline",
+                None => {
+                    lines = self
+                        .lines
+                        .changed
+                        .wait_timeout(lines, deadline - now)
+                        .unwrap()
+                        .0;
+                    continue;
+                }
+            };
+            let output = lines.join("\n");
+            drop(lines);
+            panic!("{what} {why}; output:\n{output}");
         }
+    }
+
+    /// Wait for the `nth` (1-based) line containing every one of `needles`;
+    /// panics with the whole output after [`DEADLINE`].
+    pub fn wait_for_nth(&self, nth: usize, needles: &[&str]) -> String {
+        self.wait_until(
+            format_args!("no line #{nth} with {needles:?}"),
+            |lines, ended| match lines.iter().filter(|l| matches(l, needles)).nth(nth - 1) {
+                Some(line) => Some(Ok(line.clone())),
+                // Both pipes closed: no line will ever come.
+                None if ended => Some(Err("before baton's output ended")),
+                None => None,
+            },
+        )
     }
 
     /// Wait for the first line containing every one of `needles`.
@@ -237,22 +253,9 @@ impl Baton {
     /// Wait until baton's stdout and stderr are closed by every process
     /// that held them: then the output is complete.
     pub fn wait_output_closed(&self) {
-        let deadline = Instant::now() + DEADLINE;
-        let mut lines = self.lines.lines.lock().unwrap();
-        while self.lines.closed.load(Ordering::SeqCst) < 2 {
-            let now = Instant::now();
-            if now >= deadline {
-                let output = lines.join("\n");
-                drop(lines);
-                panic!("baton's output stayed open for {DEADLINE:?}; output:\n{output}");
-            }
-            lines = self
-                .lines
-                .changed
-                .wait_timeout(lines, deadline - now)
-                .unwrap()
-                .0;
-        }
+        self.wait_until("baton's output stayed open", |_, ended| {
+            ended.then_some(Ok(()))
+        });
     }
 
     /// Wait for baton to exit; panics with the output after [`DEADLINE`].

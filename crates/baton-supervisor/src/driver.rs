@@ -550,13 +550,7 @@ impl Driver {
                     state: state.phase.to_string(),
                     started_at: worker.map_or(0.0, |w| w.started_unix),
                     ready_ms: worker.and_then(|w| w.ready_ms),
-                    processes: usage.processes,
-                    cpu_percent: usage.cpu_percent,
-                    cpu_seconds: usage.cpu_seconds,
-                    rss_bytes: usage.rss_bytes,
-                    threads: usage.threads,
-                    open_fds: usage.open_fds,
-                    connections: usage.connections,
+                    usage,
                 }
             })
             .collect();

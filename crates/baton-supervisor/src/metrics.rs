@@ -110,7 +110,7 @@ pub fn render(snapshot: &Snapshot) -> String {
         status
             .generations
             .iter()
-            .filter(|g| g.processes > 0)
+            .filter(|g| g.usage.processes > 0)
             .map(|g| (format!("{{generation=\"{}\"}}", g.generation), value(g)))
             .collect::<Vec<_>>()
     };
@@ -118,19 +118,19 @@ pub fn render(snapshot: &Snapshot) -> String {
         "baton_worker_cpu_seconds_total",
         "counter",
         "CPU time of each live generation's processes.",
-        &per_generation(&|g| g.cpu_seconds.to_string()),
+        &per_generation(&|g| g.usage.cpu_seconds.to_string()),
     );
     family(
         "baton_worker_rss_bytes",
         "gauge",
         "Resident memory of each live generation's processes.",
-        &per_generation(&|g| g.rss_bytes.to_string()),
+        &per_generation(&|g| g.usage.rss_bytes.to_string()),
     );
     family(
         "baton_worker_open_fds",
         "gauge",
         "Open file descriptors of each live generation's processes.",
-        &per_generation(&|g| g.open_fds.to_string()),
+        &per_generation(&|g| g.usage.open_fds.to_string()),
     );
     snapshot.reload_duration.render(
         &mut out,
@@ -206,8 +206,11 @@ mod tests {
         snapshot.status.generations = vec![
             GenerationStatus {
                 generation: 1,
-                processes: 1,
-                rss_bytes: 4096,
+                usage: crate::status::Usage {
+                    processes: 1,
+                    rss_bytes: 4096,
+                    ..Default::default()
+                },
                 ..GenerationStatus::default()
             },
             GenerationStatus {

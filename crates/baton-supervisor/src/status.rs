@@ -4,7 +4,7 @@
 //! and feeds the Prometheus metrics.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use sysinfo::{Pid, ProcessRefreshKind, ProcessesToUpdate, System};
@@ -57,20 +57,9 @@ pub struct GenerationStatus {
     pub started_at: f64,
     /// Spawn to ready, once ready.
     pub ready_ms: Option<u64>,
-    /// Processes in its group at the last sample.
-    pub processes: u32,
-    /// CPU use since the previous sample, in percent of one core.
-    pub cpu_percent: f64,
-    /// CPU time used by the live processes of its group.
-    pub cpu_seconds: f64,
-    /// Resident memory of its group.
-    pub rss_bytes: u64,
-    /// Threads in its group.
-    pub threads: u64,
-    /// Open file descriptors in its group.
-    pub open_fds: u64,
-    /// Established TCP connections it still holds (sampled while draining).
-    pub connections: Option<u64>,
+    /// What its process group cost at the last sample (zero before one).
+    #[serde(flatten)]
+    pub usage: Usage,
 }
 
 /// What started a reload.
@@ -155,21 +144,21 @@ pub fn unix_now() -> f64 {
 }
 
 /// What one sample measured of one process group.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Usage {
     /// Processes in the group.
     pub processes: u32,
-    /// CPU percent of one core since the previous sample.
+    /// CPU use since the previous sample, in percent of one core.
     pub cpu_percent: f64,
-    /// CPU seconds of the live members.
+    /// CPU time used by the live processes of the group.
     pub cpu_seconds: f64,
-    /// Resident memory.
+    /// Resident memory of the group.
     pub rss_bytes: u64,
-    /// Threads.
+    /// Threads in the group.
     pub threads: u64,
-    /// Open descriptors.
+    /// Open file descriptors in the group.
     pub open_fds: u64,
-    /// Established TCP connections (only when asked for).
+    /// Established TCP connections it still holds (sampled while draining).
     pub connections: Option<u64>,
 }
 
@@ -179,7 +168,6 @@ pub struct Usage {
 /// in a tight loop.
 pub struct Sampler {
     system: System,
-    last: Instant,
 }
 
 impl std::fmt::Debug for Sampler {
@@ -193,7 +181,6 @@ impl Sampler {
     pub fn new() -> Option<Self> {
         Some(Sampler {
             system: System::new().ok()?,
-            last: Instant::now(),
         })
     }
 
@@ -215,7 +202,6 @@ impl Sampler {
             true,
             ProcessRefreshKind::nothing().with_cpu().with_memory(),
         );
-        self.last = Instant::now();
         // Descriptors first: the sockets of draining groups are the only
         // candidates worth looking up in the kernel's TCP tables.
         let fds: HashMap<i32, Fds> = members

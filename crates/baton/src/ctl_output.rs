@@ -80,12 +80,12 @@ fn status_table(out: &mut String, s: &Status) {
             g.pid.map_or("-".into(), |p| p.to_string()),
             g.state,
             g.ready_ms.map_or("-".into(), |ms| format!("{ms}ms")),
-            g.cpu_percent,
-            g.cpu_seconds,
-            g.rss_bytes as f64 / (1024.0 * 1024.0),
-            g.threads,
-            g.open_fds,
-            g.connections.map_or("-".into(), |c| c.to_string()),
+            g.usage.cpu_percent,
+            g.usage.cpu_seconds,
+            g.usage.rss_bytes as f64 / (1024.0 * 1024.0),
+            g.usage.threads,
+            g.usage.open_fds,
+            g.usage.connections.map_or("-".into(), |c| c.to_string()),
         );
     }
     let c = &s.counters;
