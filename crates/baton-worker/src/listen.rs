@@ -419,10 +419,19 @@ mod tests {
                 client.as_raw_fd()
             )
         );
-        // A closed descriptor: open one and close it again.
-        let fd = tempfile::tempfile().unwrap().into_raw_fd();
-        // SAFETY: closes the fd we just took ownership of.
-        unsafe { libc::close(fd) };
+        // A descriptor that is not open. Not one closed just now: another
+        // test thread may be handed the same number in between. A number
+        // at the soft RLIMIT_NOFILE is one the kernel never hands out.
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit only writes the struct it is given.
+        assert_eq!(
+            unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) },
+            0
+        );
+        let fd = RawFd::try_from(limit.rlim_cur).unwrap_or(RawFd::MAX);
         assert!(matches!(inspect(fd, "gone"), Err(Error::NotOpen { .. })));
     }
 
