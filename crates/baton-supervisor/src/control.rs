@@ -113,7 +113,7 @@ impl Response {
 
 /// A request handed to the driver, with the channel for its answer.
 #[derive(Debug)]
-pub struct Call {
+pub struct ControlRequest {
     /// The command.
     pub command: Command,
     /// Where the answer goes.
@@ -237,10 +237,10 @@ impl Drop for InFlightGuard {
 }
 
 /// Accept control connections until the task is dropped; each request
-/// becomes a [`Call`] to the driver.
+/// becomes a [`ControlRequest`] to the driver.
 pub async fn serve(
     listener: std::os::unix::net::UnixListener,
-    calls: mpsc::Sender<Call>,
+    requests: mpsc::Sender<ControlRequest>,
     in_flight: InFlight,
 ) {
     if let Err(error) = listener.set_nonblocking(true) {
@@ -257,7 +257,7 @@ pub async fn serve(
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
-                tokio::spawn(connection(stream, calls.clone(), in_flight.clone()));
+                tokio::spawn(connection(stream, requests.clone(), in_flight.clone()));
             }
             Err(error) => tracing::warn!(%error, "control socket: accept failed"),
         }
@@ -279,7 +279,11 @@ fn allowed(stream: &UnixStream) -> Result<(), String> {
     }
 }
 
-async fn connection(stream: UnixStream, calls: mpsc::Sender<Call>, in_flight: InFlight) {
+async fn connection(
+    stream: UnixStream,
+    requests: mpsc::Sender<ControlRequest>,
+    in_flight: InFlight,
+) {
     let refusal = allowed(&stream).err();
     let (read, mut write) = stream.into_split();
     if let Some(refusal) = refusal {
@@ -296,7 +300,7 @@ async fn connection(stream: UnixStream, calls: mpsc::Sender<Call>, in_flight: In
         let _answering = in_flight.begin();
         let response = match line {
             Ok(line) => match parse(&line) {
-                Ok(command) => call(&calls, command).await,
+                Ok(command) => call(&requests, command).await,
                 Err(error) => Response::error(error),
             },
             Err(too_long) => Response::error(too_long),
@@ -366,9 +370,13 @@ pub fn parse(line: &str) -> Result<Command, String> {
     Ok(request.cmd)
 }
 
-async fn call(calls: &mpsc::Sender<Call>, command: Command) -> Response {
+async fn call(requests: &mpsc::Sender<ControlRequest>, command: Command) -> Response {
     let (reply, answer) = oneshot::channel();
-    if calls.send(Call { command, reply }).await.is_err() {
+    if requests
+        .send(ControlRequest { command, reply })
+        .await
+        .is_err()
+    {
         return Response::error("baton is shutting down");
     }
     answer

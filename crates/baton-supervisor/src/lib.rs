@@ -15,6 +15,7 @@
 //! - [`systemd`]: baton's own sd_notify towards systemd (READY, RELOADING, STATUS, fd store).
 
 pub mod control;
+pub mod devloop;
 pub mod driver;
 pub mod guardian;
 pub mod listeners;

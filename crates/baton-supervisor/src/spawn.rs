@@ -66,19 +66,41 @@ pub struct WorkerCommand {
     pub cwd: Option<PathBuf>,
 }
 
-/// One worker to start.
+/// What a started process is to baton.
+#[derive(Debug)]
+pub enum Role<'a> {
+    /// A generation's worker: its sockets land at fds 3, 4, … and it gets
+    /// `LISTEN_FDS`, `LISTEN_PID`, `LISTEN_FDNAMES`, `NOTIFY_SOCKET` and
+    /// `BATON_GENERATION`.
+    Worker {
+        /// Its generation number.
+        generation: u64,
+        /// The sockets, in order, with their names.
+        sockets: &'a [(&'a str, BorrowedFd<'a>)],
+        /// Its generation's notify socket.
+        notify_socket: &'a Path,
+    },
+    /// A helper such as the build step: no socket and none of those
+    /// variables.
+    Helper,
+}
+
+impl Role<'_> {
+    fn sockets(&self) -> &[(&str, BorrowedFd<'_>)] {
+        match self {
+            Role::Worker { sockets, .. } => sockets,
+            Role::Helper => &[],
+        }
+    }
+}
+
+/// One process to start.
 #[derive(Debug)]
 pub struct SpawnRequest<'a> {
     /// The command.
     pub command: &'a WorkerCommand,
-    /// The sockets, in order, with their names; they land at fds 3, 4, …
-    pub sockets: &'a [(&'a str, BorrowedFd<'a>)],
-    /// The generation number, for `BATON_GENERATION`.
-    pub generation: u64,
-    /// The generation's notify socket, for `NOTIFY_SOCKET`. `None` for a
-    /// process that is not a worker (a build step): it then gets none of
-    /// `LISTEN_*`, `NOTIFY_SOCKET`, `BATON_GENERATION`.
-    pub notify_socket: Option<&'a Path>,
+    /// A worker or a helper.
+    pub role: Role<'a>,
     /// The environment to start from (baton's own, usually).
     pub env: Vec<(OsString, OsString)>,
     /// Where stdout and stderr go instead of baton's own.
@@ -141,7 +163,7 @@ fn cstring(bytes: impl Into<Vec<u8>>) -> Result<CString, SpawnError> {
 }
 
 /// Everything the child needs, built before fork.
-struct ExecPlan {
+struct PreparedExec {
     path: CString,
     cwd: Option<CString>,
     _argv: Vec<CString>,
@@ -159,14 +181,13 @@ struct ExecPlan {
     parent: libc::pid_t,
 }
 
-impl ExecPlan {
+impl PreparedExec {
     fn new(request: &SpawnRequest<'_>, path: &Path) -> Result<Self, SpawnError> {
         let command = request.command;
         let mut argv = vec![cstring(command.program.as_bytes())?];
         for arg in &command.args {
             argv.push(cstring(arg.as_bytes())?);
         }
-        let names: Vec<&str> = request.sockets.iter().map(|(name, _)| *name).collect();
         let mut env = Vec::new();
         for (key, value) in &request.env {
             let private = PRIVATE_VARIABLES.iter().any(|v| OsStr::new(v) == key);
@@ -177,28 +198,35 @@ impl ExecPlan {
                 env.push(cstring(pair)?);
             }
         }
-        if let Some(notify_socket) = request.notify_socket {
-            env.push(cstring(format!("LISTEN_FDS={}", request.sockets.len()))?);
+        if let Role::Worker {
+            generation,
+            sockets,
+            notify_socket,
+        } = request.role
+        {
+            let names: Vec<&str> = sockets.iter().map(|(name, _)| *name).collect();
+            env.push(cstring(format!("LISTEN_FDS={}", sockets.len()))?);
             env.push(cstring(format!("LISTEN_FDNAMES={}", names.join(":")))?);
             let mut notify = b"NOTIFY_SOCKET=".to_vec();
             notify.extend_from_slice(notify_socket.as_os_str().as_bytes());
             env.push(cstring(notify)?);
-            env.push(cstring(format!("BATON_GENERATION={}", request.generation))?);
+            env.push(cstring(format!("BATON_GENERATION={generation}"))?);
         }
 
         let mut listen_pid = Box::new([0u8; 32]);
         write_listen_pid(&mut listen_pid, 0);
         let mut envp_ptrs: Vec<_> = env.iter().map(|s| s.as_ptr()).collect();
-        if request.notify_socket.is_some() {
+        if let Role::Worker { .. } = request.role {
             envp_ptrs.push(listen_pid.as_ptr().cast());
         }
         envp_ptrs.push(std::ptr::null());
         let mut argv_ptrs: Vec<_> = argv.iter().map(|s| s.as_ptr()).collect();
         argv_ptrs.push(std::ptr::null());
 
-        let first_free = 3 + request.sockets.len() as RawFd;
+        let first_free = 3 + request.role.sockets().len() as RawFd;
         let sources = request
-            .sockets
+            .role
+            .sockets()
             .iter()
             .map(|(_, fd)| dup_above(fd.as_fd(), first_free))
             .collect::<io::Result<Vec<_>>>()?;
@@ -214,7 +242,7 @@ impl ExecPlan {
             libc::sigemptyset(&mut set);
             set
         };
-        Ok(ExecPlan {
+        Ok(PreparedExec {
             path: cstring(path.as_os_str().as_bytes())?,
             cwd: command
                 .cwd
@@ -345,8 +373,8 @@ fn error_pipe(min: RawFd) -> io::Result<(OwnedFd, OwnedFd)> {
 /// failure is reported here, and that child is reaped here.
 pub fn spawn(request: &SpawnRequest<'_>) -> Result<libc::pid_t, SpawnError> {
     let path = resolve_program(&request.command.program, request.command.cwd.as_deref())?;
-    let mut plan = ExecPlan::new(request, &path)?;
-    let (read_end, write_end) = error_pipe(3 + request.sockets.len() as RawFd)?;
+    let mut prepared = PreparedExec::new(request, &path)?;
+    let (read_end, write_end) = error_pipe(3 + request.role.sockets().len() as RawFd)?;
 
     // SAFETY: the child runs only `exec_in_child` (async-signal-safe calls on
     // memory prepared above) and then `_exit`, never returning into Rust code
@@ -356,7 +384,7 @@ pub fn spawn(request: &SpawnRequest<'_>) -> Result<libc::pid_t, SpawnError> {
         return Err(io::Error::last_os_error().into());
     }
     if pid == 0 {
-        let (stage, errno) = plan.exec_in_child(write_end.as_raw_fd());
+        let (stage, errno) = prepared.exec_in_child(write_end.as_raw_fd());
         let mut report = [0u8; 5];
         report[0] = stage;
         report[1..].copy_from_slice(&errno.to_ne_bytes());
@@ -368,7 +396,7 @@ pub fn spawn(request: &SpawnRequest<'_>) -> Result<libc::pid_t, SpawnError> {
         }
     }
     drop(write_end);
-    drop(plan);
+    drop(prepared);
     match read_report(&read_end)? {
         None => Ok(pid),
         Some((stage, errno)) => {

@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use baton_supervisor::driver::{DevSettings, Plan};
 use baton_supervisor::listeners::{self, BindOptions, ListenerSpec};
-use baton_supervisor::machine::{Readiness, Settings};
+use std::num::NonZeroUsize;
+
+use baton_supervisor::machine::{Readiness, Settings, StopSignal};
 use baton_supervisor::spawn::WorkerCommand;
 use baton_supervisor::watch::{DEFAULT_DEBOUNCE, WatchSettings};
 use nix::sys::signal::Signal;
@@ -209,12 +211,17 @@ pub fn resolve(
         stop_signal: args
             .stop_signal
             .or(file.stop_signal)
+            .and_then(|signal| StopSignal::new(signal as i32))
             .unwrap_or(defaults.stop_signal),
         drain_timeout: args
             .drain_timeout
             .or(file.drain_timeout)
             .unwrap_or(defaults.drain_timeout),
-        max_draining: usize::from(args.max_draining.or(file.max_draining).unwrap_or(4)),
+        max_draining: args
+            .max_draining
+            .or(file.max_draining)
+            .and_then(|n| NonZeroUsize::new(usize::from(n)))
+            .unwrap_or(defaults.max_draining),
         ..defaults
     };
     let plan = Plan {
@@ -328,7 +335,7 @@ pub fn render(resolved: &Resolved) -> String {
         Readiness::Delay(d) => format!("ready = delay={d:?}"),
     });
     out.push(format!("ready_timeout = {:?}", s.ready_timeout));
-    out.push(format!("stop_signal = {}", s.stop_signal.as_str()));
+    out.push(format!("stop_signal = {}", s.stop_signal));
     out.push(format!("drain_timeout = {:?}", s.drain_timeout));
     out.push(format!("max_draining = {}", s.max_draining));
     out.push(format!("name = {}", resolved.name));

@@ -1,8 +1,13 @@
-//! Every rule of the machine, as plain function calls.
+//! Every rule of the machine, as plain function calls, with time as an
+//! argument: a test moves its clock instead of sleeping.
+
+use std::num::NonZeroUsize;
+use std::time::Duration;
 
 use super::*;
 
-const TERM: Signal = Signal::SIGTERM;
+const TERM: StopSignal = StopSignal::TERM;
+const SECOND: Duration = Duration::from_secs(1);
 
 fn notify_settings() -> Settings {
     Settings {
@@ -11,38 +16,52 @@ fn notify_settings() -> Settings {
     }
 }
 
-fn pid(generation: Generation) -> i32 {
-    1000 + generation as i32
-}
-
-/// A machine driven the way the driver drives it: every `Spawn` is answered
-/// with `Spawned` at once.
+/// A machine, its clock, the spawns it asked for and the reload ids the
+/// test handed it.
 struct Harness {
     machine: Machine,
+    now: Instant,
     spawns: Vec<Generation>,
+    next_id: ReloadId,
 }
 
 impl Harness {
     fn new(settings: Settings) -> Self {
         Harness {
             machine: Machine::new(settings),
+            now: Instant::now(),
             spawns: Vec::new(),
+            next_id: 0,
         }
     }
 
     fn feed(&mut self, event: Event) -> Vec<Action> {
-        let actions = self.machine.handle(event);
-        for action in &actions {
-            if let Action::Spawn { generation } = *action {
-                self.spawns.push(generation);
-                let follow = self.machine.handle(Event::Spawned {
-                    generation,
-                    pid: pid(generation),
-                });
-                assert!(follow.is_empty(), "Spawned must not act: {follow:?}");
-            }
-        }
+        let actions = self.machine.handle(event, self.now);
+        self.spawns.extend(spawns(&actions));
         actions
+    }
+
+    /// Move the clock and deliver the timeout if the machine asked for one
+    /// by then.
+    fn advance(&mut self, by: Duration) -> Vec<Action> {
+        self.now += by;
+        match self.machine.poll_timeout() {
+            Some(at) if at <= self.now => self.feed(Event::Timeout),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Move the clock to the machine's next deadline and deliver it.
+    fn fire_next(&mut self) -> Vec<Action> {
+        let at = self.machine.poll_timeout().expect("a deadline");
+        self.now = self.now.max(at);
+        self.feed(Event::Timeout)
+    }
+
+    fn reload_request(&mut self) -> (ReloadId, Vec<Action>) {
+        self.next_id += 1;
+        let id = self.next_id;
+        (id, self.feed(Event::ReloadRequested { id }))
     }
 
     /// Generation 1 started and ready.
@@ -56,22 +75,29 @@ impl Harness {
 
     /// A full reload to the next generation; returns the new generation.
     fn reload(&mut self) -> Generation {
-        self.feed(Event::ReloadRequested);
+        self.reload_request();
         let next = *self.spawns.last().unwrap();
         self.feed(Event::Ready { generation: next });
         next
     }
 
-    fn phase(&self, generation: Generation) -> Option<Phase> {
-        self.machine.generation(generation).map(|s| s.phase)
+    fn phase(&self, generation: Generation) -> Option<&'static str> {
+        self.machine.generation(generation).map(|s| s.phase.name())
+    }
+
+    fn exited(&mut self, generation: Generation, code: i32) -> Vec<Action> {
+        self.feed(Event::LeaderExited {
+            generation,
+            status: ProcessExit::Code(code),
+        })
     }
 }
 
-fn reports(actions: &[Action]) -> Vec<&Report> {
+fn notices(actions: &[Action]) -> Vec<&Notice> {
     actions
         .iter()
         .filter_map(|a| match a {
-            Action::Report(r) => Some(r),
+            Action::Notice(r) => Some(r),
             _ => None,
         })
         .collect()
@@ -81,14 +107,44 @@ fn spawns(actions: &[Action]) -> Vec<Generation> {
     actions
         .iter()
         .filter_map(|a| match *a {
-            Action::Spawn { generation } => Some(generation),
+            Action::Spawn { generation, .. } => Some(generation),
             _ => None,
         })
         .collect()
 }
 
-fn has(actions: &[Action], wanted: &Action) -> bool {
-    actions.contains(wanted)
+fn drains(actions: &[Action]) -> Vec<Generation> {
+    actions
+        .iter()
+        .filter_map(|a| match *a {
+            Action::Drain { generation, .. } => Some(generation),
+            _ => None,
+        })
+        .collect()
+}
+
+fn kills(actions: &[Action]) -> Vec<Generation> {
+    actions
+        .iter()
+        .filter_map(|a| match *a {
+            Action::Kill { generation } => Some(generation),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The reload ids answered by these actions, with true for success.
+fn answers(actions: &[Action]) -> Vec<(ReloadId, bool)> {
+    notices(actions)
+        .into_iter()
+        .flat_map(|r| match r {
+            Notice::Ready { reloads, .. } => reloads.iter().map(|&id| (id, true)).collect(),
+            Notice::StartFailed { reloads, .. } | Notice::ReloadsCancelled { reloads } => {
+                reloads.iter().map(|&id| (id, false)).collect()
+            }
+            _ => Vec::new(),
+        })
+        .collect()
 }
 
 #[test]
@@ -98,57 +154,63 @@ fn start_spawns_the_first_generation_with_a_ready_deadline() {
     assert_eq!(
         actions,
         vec![
-            Action::Spawn { generation: 1 },
-            Action::StartTimer {
-                timer: Timer::ReadyDeadline(1),
-                after: Duration::from_secs(60)
+            Action::Notice(Notice::Starting {
+                generation: 1,
+                cause: SpawnCause::Start,
+                reloads: vec![]
+            }),
+            Action::Spawn {
+                generation: 1,
+                cause: SpawnCause::Start
             },
         ]
     );
     assert_eq!(h.machine.starting(), Some(1));
-    assert_eq!(h.machine.generation(1).unwrap().pid, Some(1001));
+    assert_eq!(h.machine.poll_timeout(), Some(h.now + 60 * SECOND));
+    assert!(h.feed(Event::Start).is_empty(), "only one first start");
 }
 
 #[test]
-fn delay_readiness_also_starts_a_ready_delay_timer() {
+fn delay_readiness_counts_as_ready_after_the_delay() {
     let mut h = Harness::new(Settings::default());
-    let actions = h.feed(Event::Start);
-    assert!(has(
-        &actions,
-        &Action::StartTimer {
-            timer: Timer::ReadyDelay(1),
-            after: Duration::from_secs(1)
-        }
-    ));
-    let actions = h.feed(Event::TimerFired(Timer::ReadyDelay(1)));
-    assert_eq!(
-        reports(&actions),
-        vec![&Report::Ready {
+    h.feed(Event::Start);
+    assert_eq!(h.machine.poll_timeout(), Some(h.now + SECOND));
+    assert!(h.advance(SECOND / 2).is_empty());
+    let actions = h.advance(SECOND / 2);
+    assert!(matches!(
+        notices(&actions)[..],
+        [Notice::Ready {
             generation: 1,
-            previous: None
+            previous: None,
+            ..
         }]
-    );
+    ));
 }
 
 #[test]
 fn ready_notify_sooner_than_the_delay_counts_and_the_delay_is_then_ignored() {
     let mut h = Harness::new(Settings::default());
     h.feed(Event::Start);
-    h.feed(Event::Ready { generation: 1 });
+    h.advance(SECOND / 4);
+    let actions = h.feed(Event::Ready { generation: 1 });
+    assert!(matches!(
+        notices(&actions)[..],
+        [Notice::Ready { ready_after, .. }] if *ready_after == SECOND / 4
+    ));
     assert_eq!(h.machine.active(), Some(1));
-    assert!(h.feed(Event::TimerFired(Timer::ReadyDelay(1))).is_empty());
+    assert!(h.advance(SECOND).is_empty());
 }
 
 #[test]
 fn a_worker_that_dies_within_the_delay_is_not_ready() {
     let mut h = Harness::serving(Settings::default());
-    h.feed(Event::ReloadRequested);
-    h.feed(Event::LeaderExited {
-        generation: 2,
-        status: ExitStatus::Code(1),
-    });
-    let actions = h.feed(Event::TimerFired(Timer::ReadyDelay(2)));
-    assert!(actions.is_empty());
+    h.reload_request();
+    h.exited(2, 1);
+    assert!(
+        h.advance(SECOND)
+            .iter()
+            .all(|a| !matches!(a, Action::Notice(Notice::Ready { .. })))
+    );
     assert_eq!(h.machine.active(), Some(1));
 }
 
@@ -157,78 +219,108 @@ fn first_ready_drains_nothing() {
     let mut h = Harness::new(notify_settings());
     h.feed(Event::Start);
     let actions = h.feed(Event::Ready { generation: 1 });
-    assert!(!actions.iter().any(|a| matches!(a, Action::Signal { .. })));
-    assert!(has(
-        &actions,
-        &Action::Report(Report::Ready {
+    assert!(drains(&actions).is_empty());
+    assert!(matches!(
+        notices(&actions)[..],
+        [Notice::Ready {
             generation: 1,
-            previous: None
-        })
+            previous: None,
+            ..
+        }]
     ));
 }
 
 #[test]
 fn reload_starts_the_next_generation_and_drains_the_old_one_only_when_it_is_ready() {
     let mut h = Harness::serving(notify_settings());
-    let actions = h.feed(Event::ReloadRequested);
+    let (id, actions) = h.reload_request();
     assert_eq!(spawns(&actions), vec![2]);
-    assert!(!actions.iter().any(|a| matches!(a, Action::Signal { .. })));
-    assert_eq!(h.phase(1), Some(Phase::Active));
+    assert!(actions.contains(&Action::Notice(Notice::Starting {
+        generation: 2,
+        cause: SpawnCause::Reload,
+        reloads: vec![id]
+    })));
+    assert!(drains(&actions).is_empty());
+    assert_eq!(h.phase(1), Some("active"));
 
     let actions = h.feed(Event::Ready { generation: 2 });
-    assert!(has(
-        &actions,
-        &Action::Signal {
-            generation: 1,
-            signal: TERM
-        }
-    ));
-    assert!(has(
-        &actions,
-        &Action::StartTimer {
-            timer: Timer::DrainDeadline(1),
-            after: Duration::from_secs(30)
-        }
-    ));
-    assert!(has(
-        &actions,
-        &Action::Report(Report::Ready {
-            generation: 2,
-            previous: Some(1)
-        })
-    ));
-    assert_eq!(h.phase(1), Some(Phase::Draining));
+    assert!(actions.contains(&Action::Drain {
+        generation: 1,
+        signal: TERM
+    }));
+    assert!(actions.contains(&Action::Notice(Notice::Ready {
+        generation: 2,
+        previous: Some(1),
+        ready_after: Duration::ZERO,
+        reloads: vec![id],
+        reload_follows: false,
+    })));
+    assert_eq!(h.phase(1), Some("draining"));
     assert_eq!(h.machine.active(), Some(2));
+    // Its drain deadline is the next thing the machine waits for.
+    assert_eq!(h.machine.poll_timeout(), Some(h.now + 30 * SECOND));
 }
 
 #[test]
 fn the_stop_signal_is_configurable() {
+    let quit = StopSignal::new(3).unwrap();
     let mut h = Harness::serving(Settings {
-        stop_signal: Signal::SIGQUIT,
+        stop_signal: quit,
         ..notify_settings()
     });
-    h.feed(Event::ReloadRequested);
+    h.reload_request();
     let actions = h.feed(Event::Ready { generation: 2 });
-    assert!(has(
-        &actions,
-        &Action::Signal {
-            generation: 1,
-            signal: Signal::SIGQUIT
-        }
-    ));
+    assert!(actions.contains(&Action::Drain {
+        generation: 1,
+        signal: quit
+    }));
+}
+
+#[test]
+fn stop_signals_refuse_kill_and_stop_and_read_well() {
+    assert_eq!(StopSignal::new(9), None);
+    assert_eq!(StopSignal::new(19), None);
+    assert_eq!(StopSignal::new(0), None);
+    assert_eq!(StopSignal::new(65), None);
+    assert_eq!(StopSignal::TERM.to_string(), "SIGTERM");
+    assert_eq!(StopSignal::new(10).unwrap().to_string(), "SIGUSR1");
+    assert_eq!(StopSignal::new(40).unwrap().to_string(), "signal 40");
 }
 
 #[test]
 fn reloads_during_a_reload_coalesce_into_exactly_one_more() {
     let mut h = Harness::serving(notify_settings());
-    h.feed(Event::ReloadRequested);
+    let (first, _) = h.reload_request();
+    let mut waiting = Vec::new();
     for _ in 0..100 {
-        let actions = h.feed(Event::ReloadRequested);
-        assert_eq!(actions, vec![Action::Report(Report::ReloadCoalesced)]);
+        let (id, actions) = h.reload_request();
+        assert_eq!(
+            actions,
+            vec![Action::Notice(Notice::ReloadCoalesced { id })]
+        );
+        waiting.push(id);
     }
     let actions = h.feed(Event::Ready { generation: 2 });
+    assert_eq!(answers(&actions)[0], (first, true));
+    assert!(matches!(
+        notices(&actions)[..],
+        [
+            Notice::Draining { generation: 1 },
+            Notice::Ready {
+                generation: 2,
+                reload_follows: true,
+                ..
+            },
+            Notice::Starting { generation: 3, .. }
+        ]
+    ));
     assert_eq!(spawns(&actions), vec![3]);
-    h.feed(Event::Ready { generation: 3 });
+    let actions = h.feed(Event::Ready { generation: 3 });
+    let done: Vec<_> = answers(&actions).into_iter().map(|(id, _)| id).collect();
+    assert_eq!(
+        done, waiting,
+        "one generation answers every coalesced request"
+    );
     assert_eq!(h.spawns, vec![1, 2, 3]);
     assert_eq!(h.machine.active(), Some(3));
 }
@@ -236,31 +328,30 @@ fn reloads_during_a_reload_coalesce_into_exactly_one_more() {
 #[test]
 fn a_pending_reload_runs_after_a_failed_one_too() {
     let mut h = Harness::serving(notify_settings());
-    h.feed(Event::ReloadRequested);
-    h.feed(Event::ReloadRequested);
-    let actions = h.feed(Event::LeaderExited {
-        generation: 2,
-        status: ExitStatus::Code(3),
-    });
+    let (first, _) = h.reload_request();
+    let (second, _) = h.reload_request();
+    let actions = h.exited(2, 3);
+    assert_eq!(answers(&actions), vec![(first, false)]);
     assert_eq!(spawns(&actions), vec![3]);
+    let actions = h.feed(Event::Ready { generation: 3 });
+    assert_eq!(answers(&actions), vec![(second, true)]);
 }
 
 #[test]
 fn a_new_generation_that_exits_before_ready_is_killed_and_the_old_one_serves_on() {
     let mut h = Harness::serving(notify_settings());
-    h.feed(Event::ReloadRequested);
-    let actions = h.feed(Event::LeaderExited {
-        generation: 2,
-        status: ExitStatus::Code(3),
-    });
+    let (id, _) = h.reload_request();
+    let actions = h.exited(2, 3);
     assert_eq!(
         actions,
         vec![
-            Action::KillGroup { generation: 2 },
-            Action::Report(Report::StartFailed {
+            Action::Kill { generation: 2 },
+            Action::Notice(Notice::StartFailed {
                 generation: 2,
-                failure: Failure::Exited(ExitStatus::Code(3)),
+                failure: Failure::Exited(ProcessExit::Code(3)),
                 active: Some(1),
+                reloads: vec![id],
+                reload_follows: false,
             }),
         ]
     );
@@ -269,76 +360,96 @@ fn a_new_generation_that_exits_before_ready_is_killed_and_the_old_one_serves_on(
     assert!(h.feed(Event::Ready { generation: 2 }).is_empty());
     let actions = h.feed(Event::GroupEmpty { generation: 2 });
     assert_eq!(
-        reports(&actions),
-        vec![&Report::Exited {
-            generation: 2,
-            status: Some(ExitStatus::Code(3))
-        }]
+        actions,
+        vec![
+            Action::Notice(Notice::Exited {
+                generation: 2,
+                status: Some(ProcessExit::Code(3)),
+                drained_in: None,
+            }),
+            Action::Forget { generation: 2 }
+        ]
     );
     // The next reload tries again.
-    assert_eq!(spawns(&h.feed(Event::ReloadRequested)), vec![3]);
+    assert_eq!(spawns(&h.reload_request().1), vec![3]);
 }
 
 #[test]
 fn a_new_generation_that_misses_its_ready_deadline_is_killed() {
     let mut h = Harness::serving(notify_settings());
-    h.feed(Event::ReloadRequested);
-    let actions = h.feed(Event::TimerFired(Timer::ReadyDeadline(2)));
+    let (id, _) = h.reload_request();
+    assert!(h.advance(59 * SECOND).is_empty());
+    let actions = h.advance(SECOND);
     assert_eq!(
         actions,
         vec![
-            Action::KillGroup { generation: 2 },
-            Action::Report(Report::StartFailed {
+            Action::Kill { generation: 2 },
+            Action::Notice(Notice::StartFailed {
                 generation: 2,
-                failure: Failure::NotReady(Duration::from_secs(60)),
+                failure: Failure::NotReady(60 * SECOND),
                 active: Some(1),
+                reloads: vec![id],
+                reload_follows: false,
             }),
         ]
     );
-    assert_eq!(h.phase(2), Some(Phase::Killing));
+    assert_eq!(h.phase(2), Some("killing"));
     assert_eq!(h.machine.active(), Some(1));
     assert_eq!(h.machine.crashes(), 0, "a failed reload is not a crash");
 }
 
 #[test]
-fn a_ready_deadline_after_ready_is_ignored() {
+fn the_ready_deadline_ends_with_ready() {
     let mut h = Harness::serving(notify_settings());
-    assert!(
-        h.feed(Event::TimerFired(Timer::ReadyDeadline(1)))
-            .is_empty()
-    );
+    // Only the stable deadline (30 s) remains; nothing fails at 60 s.
+    assert_eq!(h.machine.poll_timeout(), Some(h.now + 30 * SECOND));
+    assert!(h.advance(60 * SECOND).is_empty());
     assert_eq!(h.machine.active(), Some(1));
+    assert_eq!(h.machine.poll_timeout(), None);
 }
 
 #[test]
-fn a_spawn_failure_during_reload_keeps_the_active_one() {
+fn a_spawn_failure_answers_its_reload_and_the_next_reload_works() {
     let mut h = Harness::serving(notify_settings());
-    h.feed(Event::ReloadRequested);
-    let actions = h.machine.handle(Event::SpawnFailed {
+    let (id, _) = h.reload_request();
+    let actions = h.feed(Event::SpawnFailed {
         generation: 2,
-        error: "No such file or directory".into(),
+        error: "cannot create its notify socket: Too many open files".into(),
     });
     assert_eq!(
-        reports(&actions),
-        vec![&Report::StartFailed {
-            generation: 2,
-            failure: Failure::SpawnFailed("No such file or directory".into()),
-            active: Some(1),
-        }]
+        actions,
+        vec![
+            Action::Forget { generation: 2 },
+            Action::Notice(Notice::StartFailed {
+                generation: 2,
+                failure: Failure::SpawnFailed(
+                    "cannot create its notify socket: Too many open files".into()
+                ),
+                active: Some(1),
+                reloads: vec![id],
+                reload_follows: false,
+            })
+        ]
     );
     assert!(h.machine.generation(2).is_none());
     assert_eq!(h.machine.active(), Some(1));
+    assert_eq!(h.machine.poll_timeout(), Some(h.now + 30 * SECOND));
+    // The next one works.
+    let (next, actions) = h.reload_request();
+    assert_eq!(spawns(&actions), vec![3]);
+    let actions = h.feed(Event::Ready { generation: 3 });
+    assert_eq!(answers(&actions), vec![(next, true)]);
 }
 
 #[test]
 fn a_late_ready_from_an_older_generation_never_counts() {
     let mut h = Harness::serving(notify_settings());
     h.reload();
-    h.feed(Event::ReloadRequested);
+    h.reload_request();
     // Generation 1 drains; its READY=1 must not make generation 3 ready
     // nor bring itself back.
     assert!(h.feed(Event::Ready { generation: 1 }).is_empty());
-    assert_eq!(h.phase(1), Some(Phase::Draining));
+    assert_eq!(h.phase(1), Some("draining"));
     assert_eq!(h.machine.starting(), Some(3));
     assert_eq!(h.machine.active(), Some(2));
 }
@@ -347,12 +458,12 @@ fn a_late_ready_from_an_older_generation_never_counts() {
 fn a_draining_generation_that_misses_its_deadline_has_its_group_killed() {
     let mut h = Harness::serving(notify_settings());
     h.reload();
-    let actions = h.feed(Event::TimerFired(Timer::DrainDeadline(1)));
+    let actions = h.advance(30 * SECOND);
     assert_eq!(
         actions,
         vec![
-            Action::KillGroup { generation: 1 },
-            Action::Report(Report::DrainTimedOut { generation: 1 })
+            Action::Kill { generation: 1 },
+            Action::Notice(Notice::DrainTimedOut { generation: 1 })
         ]
     );
 }
@@ -362,77 +473,71 @@ fn the_group_is_killed_at_the_deadline_even_when_the_leader_has_exited() {
     let mut h = Harness::serving(notify_settings());
     h.reload();
     // The leader drained, but a child it forked still lives.
-    assert!(
-        h.feed(Event::LeaderExited {
-            generation: 1,
-            status: ExitStatus::Code(0)
-        })
-        .is_empty()
-    );
-    assert_eq!(h.phase(1), Some(Phase::Draining));
-    let actions = h.feed(Event::TimerFired(Timer::DrainDeadline(1)));
-    assert!(has(&actions, &Action::KillGroup { generation: 1 }));
+    assert!(h.exited(1, 0).is_empty());
+    assert_eq!(h.phase(1), Some("draining"));
+    let actions = h.advance(30 * SECOND);
+    assert_eq!(kills(&actions), vec![1]);
+    h.advance(SECOND);
+    let actions = h.feed(Event::GroupEmpty { generation: 1 });
+    assert!(actions.contains(&Action::Notice(Notice::Exited {
+        generation: 1,
+        status: Some(ProcessExit::Code(0)),
+        drained_in: Some(31 * SECOND),
+    })));
 }
 
 #[test]
 fn a_drained_generation_is_gone_when_its_group_is_empty() {
     let mut h = Harness::serving(notify_settings());
     h.reload();
-    h.feed(Event::LeaderExited {
-        generation: 1,
-        status: ExitStatus::Code(0),
-    });
+    h.advance(SECOND);
+    h.exited(1, 0);
     let actions = h.feed(Event::GroupEmpty { generation: 1 });
     assert_eq!(
-        reports(&actions),
-        vec![&Report::Exited {
+        notices(&actions),
+        vec![&Notice::Exited {
             generation: 1,
-            status: Some(ExitStatus::Code(0))
+            status: Some(ProcessExit::Code(0)),
+            drained_in: Some(SECOND),
         }]
     );
+    assert!(actions.contains(&Action::Forget { generation: 1 }));
     assert!(h.machine.generation(1).is_none());
-    // Its deadline fires later and changes nothing.
+    // Its deadline is gone with it.
     assert!(
-        h.feed(Event::TimerFired(Timer::DrainDeadline(1)))
-            .is_empty()
+        h.advance(30 * SECOND)
+            .iter()
+            .all(|a| !matches!(a, Action::Kill { .. }))
     );
 }
 
 #[test]
 fn too_many_draining_generations_evict_the_oldest_first() {
     let mut h = Harness::serving(Settings {
-        max_draining: 2,
+        max_draining: NonZeroUsize::new(2).unwrap(),
         ..notify_settings()
     });
     h.reload(); // 1 drains
     h.reload(); // 2 drains
-    assert_eq!(h.phase(1), Some(Phase::Draining));
-    assert_eq!(h.phase(2), Some(Phase::Draining));
-    h.feed(Event::ReloadRequested);
+    assert_eq!(h.phase(1), Some("draining"));
+    assert_eq!(h.phase(2), Some("draining"));
+    h.reload_request();
     let actions = h.feed(Event::Ready { generation: 4 });
     let kill = actions
         .iter()
-        .position(|a| *a == Action::KillGroup { generation: 1 })
+        .position(|a| *a == Action::Kill { generation: 1 })
         .expect("oldest killed");
     let drain = actions
         .iter()
-        .position(|a| {
-            *a == Action::Signal {
-                generation: 3,
-                signal: TERM,
-            }
-        })
+        .position(|a| matches!(a, Action::Drain { generation: 3, .. }))
         .expect("previous drains");
     assert!(kill < drain, "the oldest is killed first: {actions:?}");
-    assert!(has(
-        &actions,
-        &Action::Report(Report::Evicted {
-            generation: 1,
-            max_draining: 2
-        })
-    ));
-    assert_eq!(h.phase(2), Some(Phase::Draining));
-    assert_eq!(h.phase(3), Some(Phase::Draining));
+    assert!(actions.contains(&Action::Notice(Notice::Evicted {
+        generation: 1,
+        max_draining: 2
+    })));
+    assert_eq!(h.phase(2), Some("draining"));
+    assert_eq!(h.phase(3), Some("draining"));
 }
 
 #[test]
@@ -440,17 +545,18 @@ fn an_active_crash_restarts_at_once_then_backs_off_exponentially() {
     let mut h = Harness::serving(notify_settings());
     let actions = h.feed(Event::LeaderExited {
         generation: 1,
-        status: ExitStatus::Signal(6),
+        status: ProcessExit::Signal(6),
     });
-    assert!(has(&actions, &Action::KillGroup { generation: 1 }));
-    assert!(has(
-        &actions,
-        &Action::Report(Report::Crashed {
-            generation: 1,
-            status: ExitStatus::Signal(6)
-        })
-    ));
+    assert_eq!(kills(&actions), vec![1]);
+    assert!(actions.contains(&Action::Notice(Notice::Crashed {
+        generation: 1,
+        status: ProcessExit::Signal(6)
+    })));
     assert_eq!(spawns(&actions), vec![2], "the first restart is immediate");
+    assert!(actions.contains(&Action::Spawn {
+        generation: 2,
+        cause: SpawnCause::Restart
+    }));
 
     // Generation 2 comes up and crashes too: now the backoff starts.
     let mut expected = Vec::new();
@@ -458,37 +564,23 @@ fn an_active_crash_restarts_at_once_then_backs_off_exponentially() {
     let mut generation = 2;
     for crash in 2..=10u32 {
         h.feed(Event::Ready { generation });
-        let actions = h.feed(Event::LeaderExited {
-            generation,
-            status: ExitStatus::Code(1),
-        });
+        let actions = h.exited(generation, 1);
         assert!(spawns(&actions).is_empty());
-        let Some(Action::StartTimer {
-            timer: Timer::Restart(number),
-            after,
-        }) = actions
-            .iter()
-            .find(|a| {
-                matches!(
-                    a,
-                    Action::StartTimer {
-                        timer: Timer::Restart(_),
-                        ..
-                    }
-                )
+        let delay = notices(&actions)
+            .into_iter()
+            .find_map(|r| match r {
+                Notice::RestartScheduled { delay, .. } => Some(*delay),
+                _ => None,
             })
-            .cloned()
-        else {
-            panic!("no restart timer in {actions:?}")
-        };
-        seen.push(after);
-        expected
-            .push((Duration::from_millis(100) * 2u32.pow(crash - 2)).min(Duration::from_secs(10)));
-        let actions = h.feed(Event::TimerFired(Timer::Restart(number)));
+            .expect("a restart is scheduled");
+        assert_eq!(h.machine.poll_timeout(), Some(h.now + delay));
+        seen.push(delay);
+        expected.push((100 * Duration::from_millis(1) * 2u32.pow(crash - 2)).min(10 * SECOND));
+        let actions = h.fire_next();
         generation = spawns(&actions)[0];
     }
     assert_eq!(seen, expected);
-    assert_eq!(seen.last(), Some(&Duration::from_secs(10)));
+    assert_eq!(seen.last(), Some(&(10 * SECOND)));
 }
 
 #[test]
@@ -496,43 +588,29 @@ fn a_worker_that_stays_up_resets_the_backoff() {
     let mut h = Harness::serving(notify_settings());
     for _ in 0..3 {
         let g = h.machine.active().unwrap();
-        let actions = h.feed(Event::LeaderExited {
-            generation: g,
-            status: ExitStatus::Code(1),
-        });
-        if let Some(Action::StartTimer { timer, .. }) = actions.iter().find(|a| {
-            matches!(
-                a,
-                Action::StartTimer {
-                    timer: Timer::Restart(_),
-                    ..
-                }
-            )
-        }) {
-            h.feed(Event::TimerFired(*timer));
+        let actions = h.exited(g, 1);
+        if spawns(&actions).is_empty() {
+            h.fire_next();
         }
         let next = *h.spawns.last().unwrap();
         h.feed(Event::Ready { generation: next });
     }
     assert_eq!(h.machine.crashes(), 3);
-    let g = h.machine.active().unwrap();
-    h.feed(Event::TimerFired(Timer::Stable(g)));
+    assert!(h.advance(29 * SECOND).is_empty());
+    h.advance(SECOND);
     assert_eq!(h.machine.crashes(), 0);
-    let actions = h.feed(Event::LeaderExited {
-        generation: g,
-        status: ExitStatus::Code(1),
-    });
+    let g = h.machine.active().unwrap();
+    let actions = h.exited(g, 1);
     assert_eq!(spawns(&actions).len(), 1, "immediate again after a reset");
 }
 
 #[test]
-fn a_stale_stable_timer_does_not_reset_the_backoff() {
+fn a_crashed_generation_never_resets_the_backoff() {
     let mut h = Harness::serving(notify_settings());
-    h.feed(Event::LeaderExited {
-        generation: 1,
-        status: ExitStatus::Code(1),
-    });
-    h.feed(Event::TimerFired(Timer::Stable(1)));
+    h.exited(1, 1);
+    // Generation 1's stable deadline went with its crash, and generation
+    // 2 has not been ready: nothing has stayed up, whatever the clock says.
+    h.advance(30 * SECOND);
     assert_eq!(h.machine.crashes(), 1);
 }
 
@@ -540,136 +618,105 @@ fn a_stale_stable_timer_does_not_reset_the_backoff() {
 fn an_initial_start_that_fails_is_retried_with_backoff() {
     let mut h = Harness::new(notify_settings());
     h.feed(Event::Start);
-    let actions = h.feed(Event::LeaderExited {
+    let actions = h.exited(1, 2);
+    assert!(actions.contains(&Action::Notice(Notice::StartFailed {
         generation: 1,
-        status: ExitStatus::Code(2),
-    });
-    assert!(has(
-        &actions,
-        &Action::Report(Report::StartFailed {
-            generation: 1,
-            failure: Failure::Exited(ExitStatus::Code(2)),
-            active: None
-        })
-    ));
+        failure: Failure::Exited(ProcessExit::Code(2)),
+        active: None,
+        reloads: vec![],
+        reload_follows: false,
+    })));
     assert_eq!(spawns(&actions), vec![2]);
-    let actions = h.feed(Event::TimerFired(Timer::ReadyDeadline(2)));
-    assert!(has(
-        &actions,
-        &Action::StartTimer {
-            timer: Timer::Restart(1),
-            after: Duration::from_millis(100)
-        }
-    ));
-    assert_eq!(
-        spawns(&h.feed(Event::TimerFired(Timer::Restart(1)))),
-        vec![3]
-    );
+    let actions = h.advance(60 * SECOND);
+    assert!(actions.contains(&Action::Notice(Notice::RestartScheduled {
+        delay: Duration::from_millis(100),
+        crashes: 2
+    })));
+    assert!(h.advance(Duration::from_millis(99)).is_empty());
+    assert_eq!(spawns(&h.advance(Duration::from_millis(1))), vec![3]);
 }
 
 #[test]
 fn a_spawn_failure_without_an_active_generation_backs_off() {
     let mut h = Harness::new(notify_settings());
-    h.machine.handle(Event::Start);
-    let actions = h.machine.handle(Event::SpawnFailed {
+    h.feed(Event::Start);
+    let actions = h.feed(Event::SpawnFailed {
         generation: 1,
         error: "Permission denied".into(),
     });
     assert_eq!(spawns(&actions), vec![2], "first retry at once");
-    let actions = h.machine.handle(Event::SpawnFailed {
+    let actions = h.feed(Event::SpawnFailed {
         generation: 2,
         error: "Permission denied".into(),
     });
     assert!(spawns(&actions).is_empty());
-    assert!(has(
-        &actions,
-        &Action::Report(Report::RestartScheduled {
-            delay: Duration::from_millis(100),
-            crashes: 2
-        })
-    ));
+    assert!(actions.contains(&Action::Notice(Notice::RestartScheduled {
+        delay: Duration::from_millis(100),
+        crashes: 2
+    })));
 }
 
 #[test]
-fn a_reload_during_backoff_starts_at_once_and_the_stale_timer_is_ignored() {
+fn a_reload_during_backoff_starts_at_once_and_the_backoff_is_dropped() {
     let mut h = Harness::new(notify_settings());
     h.feed(Event::Start);
-    h.feed(Event::LeaderExited {
-        generation: 1,
-        status: ExitStatus::Code(1),
-    });
-    h.feed(Event::LeaderExited {
-        generation: 2,
-        status: ExitStatus::Code(1),
-    });
+    h.exited(1, 1);
+    h.exited(2, 1);
     assert_eq!(h.spawns, vec![1, 2]);
-    assert_eq!(spawns(&h.feed(Event::ReloadRequested)), vec![3]);
-    assert!(spawns(&h.feed(Event::TimerFired(Timer::Restart(1)))).is_empty());
+    assert!(h.machine.poll_timeout().is_some());
+    assert_eq!(spawns(&h.reload_request().1), vec![3]);
+    assert!(spawns(&h.advance(SECOND)).is_empty());
 }
 
 #[test]
 fn an_active_crash_during_a_reload_leaves_the_takeover_to_the_new_generation() {
     let mut h = Harness::serving(notify_settings());
-    h.feed(Event::ReloadRequested);
+    h.reload_request();
     let actions = h.feed(Event::LeaderExited {
         generation: 1,
-        status: ExitStatus::Signal(9),
+        status: ProcessExit::Signal(9),
     });
     assert!(spawns(&actions).is_empty());
     let actions = h.feed(Event::Ready { generation: 2 });
-    assert!(has(
-        &actions,
-        &Action::Report(Report::Ready {
+    assert!(matches!(
+        notices(&actions)[..],
+        [Notice::Ready {
             generation: 2,
-            previous: None
-        })
+            previous: None,
+            ..
+        }]
     ));
-    assert!(!actions.iter().any(|a| matches!(a, Action::Signal { .. })));
+    assert!(drains(&actions).is_empty());
 }
 
 #[test]
 fn shutdown_drains_every_generation_then_exits() {
     let mut h = Harness::serving(notify_settings());
     h.reload();
-    h.feed(Event::ReloadRequested); // 3 starting
+    let (starting, _) = h.reload_request(); // 3 starting
+    let (queued, _) = h.reload_request();
     let actions = h.feed(Event::ShutdownRequested);
-    for generation in [2, 3] {
-        assert!(has(
-            &actions,
-            &Action::Signal {
-                generation,
-                signal: TERM
-            }
-        ));
-    }
-    assert!(
-        !has(
-            &actions,
-            &Action::Signal {
-                generation: 1,
-                signal: TERM
-            }
-        ),
-        "already draining"
-    );
+    assert_eq!(drains(&actions), vec![2, 3], "1 was draining already");
     assert_eq!(
-        h.feed(Event::ReloadRequested),
-        vec![Action::Report(Report::ReloadIgnored)]
+        answers(&actions),
+        vec![(queued, false), (starting, false)],
+        "reloads that will never run are answered"
+    );
+    let (id, actions) = h.reload_request();
+    assert_eq!(
+        actions,
+        vec![Action::Notice(Notice::ReloadsCancelled {
+            reloads: vec![id]
+        })]
     );
     for generation in [1, 2] {
-        h.feed(Event::LeaderExited {
-            generation,
-            status: ExitStatus::Code(0),
-        });
+        h.exited(generation, 0);
         assert!(
             !h.feed(Event::GroupEmpty { generation })
                 .contains(&Action::Exit)
         );
     }
-    h.feed(Event::LeaderExited {
-        generation: 3,
-        status: ExitStatus::Code(0),
-    });
+    h.exited(3, 0);
     assert!(
         h.feed(Event::GroupEmpty { generation: 3 })
             .contains(&Action::Exit)
@@ -681,31 +728,22 @@ fn shutdown_drains_every_generation_then_exits() {
 fn shutdown_with_nothing_running_exits_at_once() {
     let mut h = Harness::new(notify_settings());
     h.feed(Event::Start);
-    h.feed(Event::LeaderExited {
-        generation: 1,
-        status: ExitStatus::Code(1),
-    });
-    h.feed(Event::LeaderExited {
-        generation: 2,
-        status: ExitStatus::Code(1),
-    });
+    h.exited(1, 1);
+    h.exited(2, 1);
     h.feed(Event::GroupEmpty { generation: 1 });
     h.feed(Event::GroupEmpty { generation: 2 });
     // In backoff, nothing runs.
     let actions = h.feed(Event::ShutdownRequested);
     assert!(actions.contains(&Action::Exit));
-    assert!(spawns(&h.feed(Event::TimerFired(Timer::Restart(1)))).is_empty());
+    assert_eq!(h.machine.poll_timeout(), None, "the backoff is dropped");
+    assert!(spawns(&h.advance(60 * SECOND)).is_empty());
 }
 
 #[test]
 fn a_crash_during_shutdown_restarts_nothing() {
     let mut h = Harness::serving(notify_settings());
     h.feed(Event::ShutdownRequested);
-    let actions = h.feed(Event::LeaderExited {
-        generation: 1,
-        status: ExitStatus::Signal(6),
-    });
-    assert!(actions.is_empty());
+    assert!(h.exited(1, 134).is_empty());
 }
 
 #[test]
@@ -714,12 +752,11 @@ fn force_shutdown_kills_every_group() {
     h.reload();
     h.feed(Event::ShutdownRequested);
     let actions = h.feed(Event::ForceShutdown);
-    assert!(has(&actions, &Action::KillGroup { generation: 1 }));
-    assert!(has(&actions, &Action::KillGroup { generation: 2 }));
+    assert_eq!(kills(&actions), vec![1, 2]);
     for generation in [1, 2] {
         h.feed(Event::LeaderExited {
             generation,
-            status: ExitStatus::Signal(9),
+            status: ProcessExit::Signal(9),
         });
     }
     h.feed(Event::GroupEmpty { generation: 1 });
@@ -730,6 +767,24 @@ fn force_shutdown_kills_every_group() {
 }
 
 #[test]
+fn new_settings_apply_to_the_next_generation() {
+    let mut h = Harness::serving(notify_settings());
+    h.feed(Event::SettingsChanged(Settings {
+        ready_timeout: 5 * SECOND,
+        ..notify_settings()
+    }));
+    h.reload_request();
+    let actions = h.advance(5 * SECOND);
+    assert!(matches!(
+        notices(&actions)[..],
+        [Notice::StartFailed {
+            failure: Failure::NotReady(t),
+            ..
+        }] if *t == 5 * SECOND
+    ));
+}
+
+#[test]
 fn backoff_delays_double_and_saturate() {
     let b = Backoff::default();
     assert_eq!(b.delay(0), Duration::ZERO);
@@ -737,98 +792,15 @@ fn backoff_delays_double_and_saturate() {
     assert_eq!(b.delay(2), Duration::from_millis(100));
     assert_eq!(b.delay(3), Duration::from_millis(200));
     assert_eq!(b.delay(8), Duration::from_millis(6400));
-    assert_eq!(b.delay(9), Duration::from_secs(10));
-    assert_eq!(b.delay(u32::MAX), Duration::from_secs(10));
+    assert_eq!(b.delay(9), 10 * SECOND);
+    assert_eq!(b.delay(u32::MAX), 10 * SECOND);
 }
 
 #[test]
-fn exit_status_reads_well() {
-    assert_eq!(ExitStatus::Code(3).to_string(), "exit code 3");
-    assert_eq!(ExitStatus::Signal(9).to_string(), "killed by SIGKILL");
-    assert!(ExitStatus::Code(0).success());
+fn process_exits_read_well() {
+    assert_eq!(ProcessExit::Code(3).to_string(), "exit code 3");
+    assert_eq!(ProcessExit::Signal(9).to_string(), "killed by SIGKILL");
+    assert!(ProcessExit::Code(0).success());
 }
 
-/// Random event sequences never break the invariants: at most one starting
-/// and one active generation, at most `max_draining` draining, and never a
-/// signal for a generation the machine does not know, and no spawn once
-/// shutdown has begun.
-#[test]
-fn invariants_hold_under_random_events() {
-    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
-    let mut next = move |n: u64| {
-        // xorshift64*: deterministic, no dependency.
-        seed ^= seed >> 12;
-        seed ^= seed << 25;
-        seed ^= seed >> 27;
-        seed.wrapping_mul(0x2545_F491_4F6C_DD1D) % n
-    };
-    for _run in 0..300 {
-        let mut h = Harness::new(Settings {
-            max_draining: 2,
-            ..Settings::default()
-        });
-        h.feed(Event::Start);
-        for _step in 0..200 {
-            let known: Vec<Generation> = h.machine.generations().map(|(g, _)| g).collect();
-            let pick = |r: u64| -> Generation {
-                if known.is_empty() {
-                    1
-                } else {
-                    known[(r as usize) % known.len()]
-                }
-            };
-            let g = pick(next(1000));
-            let event = match next(12) {
-                0 | 1 => Event::ReloadRequested,
-                2 | 3 => Event::Ready { generation: g },
-                4 => Event::LeaderExited {
-                    generation: g,
-                    status: ExitStatus::Code(next(3) as i32),
-                },
-                5 => {
-                    let exited = h
-                        .machine
-                        .generation(g)
-                        .is_some_and(|s| s.leader_status.is_some());
-                    if exited {
-                        Event::GroupEmpty { generation: g }
-                    } else {
-                        Event::ReloadRequested
-                    }
-                }
-                6 => Event::TimerFired(Timer::ReadyDeadline(g)),
-                7 => Event::TimerFired(Timer::DrainDeadline(g)),
-                8 => Event::TimerFired(Timer::ReadyDelay(g)),
-                9 => Event::TimerFired(Timer::Restart(next(5))),
-                10 => Event::TimerFired(Timer::Stable(g)),
-                _ if next(20) == 0 => Event::ShutdownRequested,
-                _ => Event::ReloadRequested,
-            };
-            let actions = h.feed(event.clone());
-            for action in &actions {
-                if let Action::Signal { generation, .. } | Action::KillGroup { generation } = action
-                {
-                    assert!(
-                        h.machine.generation(*generation).is_some(),
-                        "{action:?} for an unknown generation after {event:?}"
-                    );
-                }
-            }
-            let count = |p: Phase| {
-                h.machine
-                    .generations()
-                    .filter(|(_, s)| s.phase == p)
-                    .count()
-            };
-            assert!(count(Phase::Starting) <= 1, "after {event:?}");
-            assert!(count(Phase::Active) <= 1, "after {event:?}");
-            // Shutdown drains everything at once; the cap is for reloads.
-            if !h.machine.shutting_down() {
-                assert!(count(Phase::Draining) <= 2, "after {event:?}");
-            }
-            if h.machine.shutting_down() {
-                assert!(spawns(&actions).is_empty(), "spawn during shutdown");
-            }
-        }
-    }
-}
+mod properties;

@@ -1,10 +1,6 @@
 //! The reload ledger: ids, history, counters and the `ctl reload` callers
-//! waiting for an outcome.
-//!
-//! A reload request gets an id at once. It is *unassigned* until the next
-//! generation is spawned; every request made before that spawn (those that
-//! were coalesced while another reload ran) is answered by that one
-//! generation: it is the first to see all their changes.
+//! waiting for an outcome. It records what the machine decided (which
+//! generation answers which request, how it ended) and decides nothing.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -12,27 +8,30 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use crate::control::Response;
-use crate::machine::Generation;
+use crate::machine::{Generation, ReloadId};
 use crate::metrics::Histogram;
 use crate::status::{Counters, HISTORY, Outcome, ReloadRecord, Trigger, unix_now};
 
 /// See the [module docs](self).
 #[derive(Debug, Default)]
-pub struct Reloads {
-    next_id: u64,
+pub struct ReloadLedger {
+    next_id: ReloadId,
     history: VecDeque<ReloadRecord>,
-    unassigned: Vec<u64>,
-    started: HashMap<u64, Instant>,
-    waiters: HashMap<u64, Vec<oneshot::Sender<Response>>>,
+    started: HashMap<ReloadId, Instant>,
+    waiters: HashMap<ReloadId, Vec<oneshot::Sender<Response>>>,
     /// The counters `status` reports.
     pub counters: Counters,
     /// Request to completion of successful reloads.
     pub duration: Histogram,
 }
 
-impl Reloads {
+impl ReloadLedger {
     /// Record a request; `waiter` (a `ctl reload`) gets the outcome.
-    pub fn request(&mut self, trigger: Trigger, waiter: Option<oneshot::Sender<Response>>) -> u64 {
+    pub fn request(
+        &mut self,
+        trigger: Trigger,
+        waiter: Option<oneshot::Sender<Response>>,
+    ) -> ReloadId {
         self.next_id += 1;
         let id = self.next_id;
         self.history.push_back(ReloadRecord {
@@ -50,7 +49,6 @@ impl Reloads {
         while self.history.len() > HISTORY {
             self.history.pop_front();
         }
-        self.unassigned.push(id);
         self.started.insert(id, Instant::now());
         if let Some(waiter) = waiter {
             self.waiters.entry(id).or_default().push(waiter);
@@ -58,27 +56,23 @@ impl Reloads {
         id
     }
 
-    /// A generation was spawned: the waiting requests are its. Returns
-    /// false when none waited (the first start or a crash restart).
-    pub fn on_spawn(&mut self, generation: Generation) -> bool {
-        self.counters.backoff_ms = None;
-        let ids = std::mem::take(&mut self.unassigned);
-        for id in &ids {
-            if let Some(record) = self.record(*id) {
+    /// The machine started `generation` to answer `ids`.
+    pub fn assign(&mut self, generation: Generation, ids: &[ReloadId]) {
+        for &id in ids {
+            if let Some(record) = self.record(id) {
                 record.generation = Some(generation);
             }
         }
-        !ids.is_empty()
     }
 
-    /// A generation became active. Returns the reloads it completed.
-    pub fn on_ready(
+    /// `generation` became active and completed `ids`. Returns their records.
+    pub fn complete(
         &mut self,
-        generation: Generation,
+        ids: &[ReloadId],
         previous: Option<Generation>,
         ready: Duration,
     ) -> Vec<ReloadRecord> {
-        let done = self.finish(generation, |record| {
+        let done = self.finish(ids, |record| {
             record.outcome = Outcome::Ok;
             record.previous = previous;
             record.ready_ms = Some(ready.as_millis() as u64);
@@ -94,42 +88,35 @@ impl Reloads {
         done
     }
 
-    /// A generation failed to start. Returns the reloads that failed.
-    pub fn on_start_failed(&mut self, generation: Generation, reason: &str) -> Vec<ReloadRecord> {
-        let done = self.finish(generation, |record| {
+    /// The reloads `ids` failed (with the generation that answered them, or
+    /// before one was started: a config file that does not parse, a
+    /// listener that cannot be bound). Counted once per failed attempt.
+    pub fn fail(&mut self, ids: &[ReloadId], reason: &str) -> Vec<ReloadRecord> {
+        let done = self.finish(ids, |record| {
             record.outcome = Outcome::Failed;
             record.reason = Some(reason.to_owned());
         });
         if !done.is_empty() {
             self.counters.reloads_failed += 1;
         }
+        self.forget_start(ids);
         done
     }
 
-    /// Fail the reload `id` before any generation started (a config file
-    /// that does not parse, a listener that cannot be bound).
-    pub fn fail(&mut self, id: u64, reason: &str) -> Option<ReloadRecord> {
-        self.counters.reloads_failed += 1;
-        self.refuse(id, reason)
-    }
-
-    /// Every unassigned request is refused (baton is shutting down); a
+    /// The reloads `ids` will never run (baton is shutting down); a
     /// refusal is not counted as a failed reload.
-    pub fn fail_unassigned(&mut self, reason: &str) {
-        for id in std::mem::take(&mut self.unassigned) {
-            self.refuse(id, reason);
-        }
+    pub fn cancel(&mut self, ids: &[ReloadId], reason: &str) {
+        self.finish(ids, |record| {
+            record.outcome = Outcome::Failed;
+            record.reason = Some(reason.to_owned());
+        });
+        self.forget_start(ids);
     }
 
-    fn refuse(&mut self, id: u64, reason: &str) -> Option<ReloadRecord> {
-        self.unassigned.retain(|&i| i != id);
-        self.started.remove(&id);
-        let record = self.record(id)?;
-        record.outcome = Outcome::Failed;
-        record.reason = Some(reason.to_owned());
-        let record = record.clone();
-        self.answer(&record);
-        Some(record)
+    fn forget_start(&mut self, ids: &[ReloadId]) {
+        for id in ids {
+            self.started.remove(id);
+        }
     }
 
     /// A generation is gone: note how the reloads that replaced it ended.
@@ -151,28 +138,25 @@ impl Reloads {
         }
     }
 
-    /// Whether requests wait for a generation not spawned yet.
-    pub fn queued(&self) -> bool {
-        !self.unassigned.is_empty()
-    }
-
     /// The history, oldest first.
     pub fn history(&self) -> Vec<ReloadRecord> {
         self.history.iter().cloned().collect()
     }
 
-    fn record(&mut self, id: u64) -> Option<&mut ReloadRecord> {
+    fn record(&mut self, id: ReloadId) -> Option<&mut ReloadRecord> {
         self.history.iter_mut().find(|r| r.id == id)
     }
 
     fn finish(
         &mut self,
-        generation: Generation,
+        ids: &[ReloadId],
         update: impl Fn(&mut ReloadRecord),
     ) -> Vec<ReloadRecord> {
         let mut done = Vec::new();
-        for record in self.history.iter_mut() {
-            if record.generation == Some(generation) && record.outcome == Outcome::Pending {
+        for &id in ids {
+            if let Some(record) = self.record(id)
+                && record.outcome == Outcome::Pending
+            {
                 update(record);
                 done.push(record.clone());
             }
@@ -203,43 +187,51 @@ mod tests {
     use super::*;
 
     #[test]
-    fn coalesced_requests_share_the_next_generation() {
-        let mut reloads = Reloads::default();
+    fn requests_answered_by_one_generation_share_it() {
+        let mut ledger = ReloadLedger::default();
         let (tx1, mut rx1) = oneshot::channel();
         let (tx2, mut rx2) = oneshot::channel();
-        reloads.request(Trigger::Ctl, Some(tx1));
-        assert!(reloads.on_spawn(2));
-        // Arrives while generation 2 starts: waits for generation 3.
-        reloads.request(Trigger::Ctl, Some(tx2));
-        let done = reloads.on_ready(2, Some(1), Duration::from_millis(5));
+        let first = ledger.request(Trigger::Ctl, Some(tx1));
+        ledger.assign(2, &[first]);
+        let second = ledger.request(Trigger::Ctl, Some(tx2));
+        let done = ledger.complete(&[first], Some(1), Duration::from_millis(5));
         assert_eq!(done.len(), 1);
         assert!(rx1.try_recv().unwrap().ok);
         assert!(rx2.try_recv().is_err(), "still waiting");
-        assert!(reloads.on_spawn(3));
-        reloads.on_start_failed(3, "not ready within 2s");
+        ledger.assign(3, &[second]);
+        ledger.fail(&[second], "not ready within 2s");
         let response = rx2.try_recv().unwrap();
         assert!(!response.ok);
         assert_eq!(response.reload.unwrap().generation, Some(3));
-        assert_eq!(reloads.counters.reloads_ok, 1);
-        assert_eq!(reloads.counters.reloads_failed, 1);
+        assert_eq!(ledger.counters.reloads_ok, 1);
+        assert_eq!(ledger.counters.reloads_failed, 1);
     }
 
     #[test]
-    fn a_restart_without_request_is_not_a_reload() {
-        let mut reloads = Reloads::default();
-        assert!(!reloads.on_spawn(1));
-        assert!(reloads.on_ready(1, None, Duration::ZERO).is_empty());
-        assert_eq!(reloads.counters.reloads_ok, 0);
+    fn a_start_without_request_completes_nothing() {
+        let mut ledger = ReloadLedger::default();
+        assert!(ledger.complete(&[], None, Duration::ZERO).is_empty());
+        assert_eq!(ledger.counters.reloads_ok, 0);
+    }
+
+    #[test]
+    fn a_cancelled_reload_is_answered_but_not_counted() {
+        let mut ledger = ReloadLedger::default();
+        let (tx, mut rx) = oneshot::channel();
+        let id = ledger.request(Trigger::Ctl, Some(tx));
+        ledger.cancel(&[id], "baton is shutting down");
+        assert!(!rx.try_recv().unwrap().ok);
+        assert_eq!(ledger.counters.reloads_failed, 0);
     }
 
     #[test]
     fn the_drain_outcome_lands_on_the_reload() {
-        let mut reloads = Reloads::default();
-        reloads.request(Trigger::Signal, None);
-        reloads.on_spawn(2);
-        reloads.on_ready(2, Some(1), Duration::from_millis(7));
-        reloads.on_exited(1, "exit code 0", Some(Duration::from_millis(40)));
-        let record = &reloads.history()[0];
+        let mut ledger = ReloadLedger::default();
+        let id = ledger.request(Trigger::Signal, None);
+        ledger.assign(2, &[id]);
+        ledger.complete(&[id], Some(1), Duration::from_millis(7));
+        ledger.on_exited(1, "exit code 0", Some(Duration::from_millis(40)));
+        let record = &ledger.history()[0];
         assert_eq!(record.previous_exit.as_deref(), Some("exit code 0"));
         assert_eq!(record.drain_ms, Some(40));
         assert_eq!(record.ready_ms, Some(7));
@@ -247,12 +239,12 @@ mod tests {
 
     #[test]
     fn history_is_bounded() {
-        let mut reloads = Reloads::default();
+        let mut ledger = ReloadLedger::default();
         for _ in 0..HISTORY + 10 {
-            let id = reloads.request(Trigger::Watch, None);
-            reloads.fail(id, "config");
+            let id = ledger.request(Trigger::Watch, None);
+            ledger.fail(&[id], "config");
         }
-        assert_eq!(reloads.history().len(), HISTORY);
-        assert_eq!(reloads.history()[0].id, 11);
+        assert_eq!(ledger.history().len(), HISTORY);
+        assert_eq!(ledger.history()[0].id, 11);
     }
 }

@@ -1,0 +1,70 @@
+//! What the driver runs with: the bound sockets, the plan for the next
+//! generation, and the servers and watchers around them.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use crate::devloop::DevSettings;
+use crate::listeners::{BindOptions, Listener, ListenerSpec};
+use crate::machine::Settings;
+use crate::spawn::WorkerCommand;
+use crate::systemd::SystemdNotifier;
+
+/// What a reload may change: re-read from the config file each time.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The listeners; existing ones must stay as they are, in order, and
+    /// new ones may only be appended (fd numbers never shift).
+    pub listeners: Vec<ListenerSpec>,
+    /// How to bind new listeners.
+    pub bind: BindOptions,
+    /// The worker's command.
+    pub command: WorkerCommand,
+    /// Variables set for workers on top of baton's own environment.
+    pub env: Vec<(OsString, OsString)>,
+    /// Timings and readiness.
+    pub settings: Settings,
+}
+
+impl Plan {
+    /// baton's own environment with the plan's variables on top.
+    pub(super) fn environment(&self) -> Vec<(OsString, OsString)> {
+        let mut env: Vec<(OsString, OsString)> = std::env::vars_os()
+            .filter(|(key, _)| !self.env.iter().any(|(k, _)| k == key))
+            .collect();
+        env.extend(self.env.iter().cloned());
+        env
+    }
+}
+
+/// Produces the [`Plan`] for the next generation (re-reads the config
+/// file); an error fails the reload and changes nothing.
+pub type Reloader = Box<dyn FnMut() -> Result<Plan, String> + Send>;
+
+/// Everything the driver runs with.
+pub struct Config {
+    /// The bound sockets, in `--listen` order.
+    pub listeners: Vec<Listener>,
+    /// What they were bound from.
+    pub plan: Plan,
+    /// The bound control socket and its path, unless turned off.
+    pub control: Option<(std::os::unix::net::UnixListener, PathBuf)>,
+    /// The bound metrics listener, if asked for.
+    pub metrics: Option<std::net::TcpListener>,
+    /// Re-reads the config file on every reload, if there is one.
+    pub reloader: Option<Reloader>,
+    /// baton's own notify socket towards systemd (disabled when not
+    /// started by systemd).
+    pub systemd: SystemdNotifier,
+    /// The development loop (`--watch`, `--build`), if asked for.
+    pub dev: Option<DevSettings>,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("listeners", &self.listeners)
+            .field("plan", &self.plan)
+            .finish_non_exhaustive()
+    }
+}

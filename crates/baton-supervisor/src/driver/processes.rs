@@ -1,0 +1,238 @@
+//! The process table: the one owner of every pid baton started — worker
+//! leaders (whose pid is also their process group id), the build step, the
+//! guardian — and the one reaper.
+//!
+//! Spawning is a short synchronous fork/exec and reaping is `waitpid(-1)`
+//! on the same task, so a child can never be reaped before its pid is in
+//! the table. baton is a child subreaper: orphans of the workers become its
+//! children and are reaped here too (and ignored), so no zombie is left.
+//!
+//! A process group id can be reused once the group is empty and its leader
+//! reaped, so a group is signalled only while the table holds it, and
+//! dropped from the guardian's list the moment it is found empty.
+
+use std::collections::BTreeMap;
+
+use nix::errno::Errno;
+use nix::sys::signal::{Signal, killpg};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
+
+use crate::guardian::Guardian;
+use crate::machine::{Generation, ProcessExit};
+use crate::spawn::{self, SpawnError, SpawnRequest};
+
+/// One generation's process group.
+#[derive(Debug)]
+struct Group {
+    /// The leader's pid, which is also the group id.
+    pid: i32,
+    leader_reaped: bool,
+    empty: bool,
+}
+
+/// What a round of reaping found.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Reaped {
+    /// A generation's leader exited.
+    Leader {
+        generation: Generation,
+        status: ProcessExit,
+    },
+    /// A generation's group has no process left.
+    GroupEmpty { generation: Generation },
+    /// The current build step exited.
+    Build { pid: i32, status: ProcessExit },
+}
+
+/// See the [module docs](self).
+#[derive(Debug)]
+pub(super) struct ProcessTable {
+    groups: BTreeMap<Generation, Group>,
+    /// The build step that counts, if one runs.
+    build: Option<i32>,
+    /// Builds killed for newer changes, not reaped yet.
+    cancelled_builds: Vec<i32>,
+    guardian: Option<Guardian>,
+    guardian_reaped: bool,
+}
+
+impl ProcessTable {
+    pub fn new(guardian: Option<Guardian>) -> Self {
+        ProcessTable {
+            groups: BTreeMap::new(),
+            build: None,
+            cancelled_builds: Vec::new(),
+            guardian,
+            guardian_reaped: false,
+        }
+    }
+
+    /// Start a generation's leader in a process group of its own.
+    pub fn spawn_worker(
+        &mut self,
+        generation: Generation,
+        request: &SpawnRequest<'_>,
+    ) -> Result<i32, SpawnError> {
+        let pid = spawn::spawn(request)?;
+        self.watch_group(pid);
+        self.groups.insert(
+            generation,
+            Group {
+                pid,
+                leader_reaped: false,
+                empty: false,
+            },
+        );
+        Ok(pid)
+    }
+
+    /// Start the build step; a build still running is killed first (the
+    /// newest change wins).
+    pub fn spawn_build(&mut self, request: &SpawnRequest<'_>) -> Result<i32, SpawnError> {
+        if let Some(old) = self.cancel_build() {
+            tracing::info!(pid = old, "build cancelled: newer changes");
+        }
+        let pid = spawn::spawn(request)?;
+        self.watch_group(pid);
+        self.build = Some(pid);
+        Ok(pid)
+    }
+
+    /// Kill the running build's group, if any; returns its pid.
+    fn cancel_build(&mut self) -> Option<i32> {
+        let old = self.build.take()?;
+        let _ = killpg(Pid::from_raw(old), Signal::SIGKILL);
+        self.cancelled_builds.push(old);
+        Some(old)
+    }
+
+    /// The pid of a generation's leader, while its group is known.
+    pub fn pid(&self, generation: Generation) -> Option<i32> {
+        self.groups.get(&generation).map(|g| g.pid)
+    }
+
+    /// The groups that still have processes, with their generations.
+    pub fn live_groups(&self) -> impl Iterator<Item = (Generation, i32)> + '_ {
+        self.groups
+            .iter()
+            .filter(|(_, g)| !g.empty)
+            .map(|(&generation, g)| (generation, g.pid))
+    }
+
+    /// Signal a generation's whole process group, unless it is empty.
+    pub fn signal(&self, generation: Generation, signal: Signal) {
+        let Some(group) = self.groups.get(&generation).filter(|g| !g.empty) else {
+            return;
+        };
+        match killpg(Pid::from_raw(group.pid), signal) {
+            Ok(()) | Err(Errno::ESRCH) => {}
+            Err(error) => tracing::warn!(
+                generation,
+                pid = group.pid,
+                %error,
+                signal = signal.as_str(),
+                "cannot signal the worker group"
+            ),
+        }
+    }
+
+    /// The machine is done with a generation.
+    pub fn forget(&mut self, generation: Generation) {
+        if let Some(group) = self.groups.remove(&generation)
+            && !group.empty
+            && let Some(guardian) = &self.guardian
+        {
+            guardian.forget(group.pid);
+        }
+    }
+
+    fn watch_group(&self, pgid: i32) {
+        if let Some(guardian) = &self.guardian {
+            guardian.add(pgid);
+        }
+    }
+
+    /// Reap every exited child, then find the groups that emptied.
+    pub fn reap(&mut self) -> Vec<Reaped> {
+        let mut found = Vec::new();
+        while let Some((pid, status)) = reap_one() {
+            if let Some(event) = self.on_reaped(pid, status) {
+                found.push(event);
+            }
+        }
+        // A member reaped by another member sends baton no SIGCHLD: look.
+        for (&generation, group) in &mut self.groups {
+            if group.leader_reaped
+                && !group.empty
+                && killpg(Pid::from_raw(group.pid), None) == Err(Errno::ESRCH)
+            {
+                group.empty = true;
+                if let Some(guardian) = &self.guardian {
+                    guardian.forget(group.pid);
+                }
+                found.push(Reaped::GroupEmpty { generation });
+            }
+        }
+        found
+    }
+
+    fn on_reaped(&mut self, pid: i32, status: ProcessExit) -> Option<Reaped> {
+        if self.guardian.as_ref().is_some_and(|g| g.pid() == pid) {
+            self.guardian_reaped = true;
+            tracing::error!(pid, %status, "the guardian exited: workers may outlive baton if it is killed");
+            return None;
+        }
+        if let Some(i) = self.cancelled_builds.iter().position(|&p| p == pid) {
+            self.cancelled_builds.swap_remove(i);
+            self.forget_group(pid);
+            return None;
+        }
+        if self.build == Some(pid) {
+            self.build = None;
+            self.forget_group(pid);
+            return Some(Reaped::Build { pid, status });
+        }
+        match self.groups.iter_mut().find(|(_, g)| g.pid == pid) {
+            Some((&generation, group)) => {
+                group.leader_reaped = true;
+                Some(Reaped::Leader { generation, status })
+            }
+            None => {
+                tracing::debug!(pid, %status, "reaped an orphan");
+                None
+            }
+        }
+    }
+
+    fn forget_group(&self, pgid: i32) {
+        if let Some(guardian) = &self.guardian {
+            guardian.forget(pgid);
+        }
+    }
+
+    /// baton exits: the guardian kills what it still knows of.
+    pub fn finish(self) {
+        if let Some(guardian) = self.guardian {
+            guardian.finish(self.guardian_reaped);
+        }
+    }
+}
+
+/// One `waitpid(-1, WNOHANG)`; `None` once no exited child is left.
+fn reap_one() -> Option<(i32, ProcessExit)> {
+    loop {
+        return match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(pid, code)) => Some((pid.as_raw(), ProcessExit::Code(code))),
+            Ok(WaitStatus::Signaled(pid, signal, _)) => {
+                Some((pid.as_raw(), ProcessExit::Signal(signal as i32)))
+            }
+            Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => None,
+            Ok(_) | Err(Errno::EINTR) => continue,
+            Err(error) => {
+                tracing::warn!(%error, "waitpid failed");
+                None
+            }
+        };
+    }
+}

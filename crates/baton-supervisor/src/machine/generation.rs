@@ -1,0 +1,106 @@
+//! One generation's life as the machine sees it. Each phase carries the
+//! data that only exists in that phase (a starting generation has a ready
+//! deadline, a draining one a drain deadline), so an impossible state —
+//! a deadline on the active generation, reloads owed by a draining one —
+//! cannot be written.
+
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use super::events::{ProcessExit, ReloadId, SpawnCause};
+
+/// Where a generation is in its life, with what that phase needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Started, not ready yet. Its leader is alive: a leader that exits
+    /// while starting moves it to `Killing` at once.
+    Starting {
+        /// Why it was started.
+        cause: SpawnCause,
+        /// The reload requests it answers.
+        reloads: Vec<ReloadId>,
+        /// It fails if not ready by then.
+        ready_by: Instant,
+        /// `--ready delay=`: it counts as ready then, if still starting.
+        ready_at: Option<Instant>,
+    },
+    /// Ready and serving.
+    Active {
+        /// Once it has served this long, earlier crashes are forgotten.
+        stable_at: Option<Instant>,
+    },
+    /// Sent its stop signal; finishing its connections.
+    Draining {
+        /// When the stop signal went out.
+        since: Instant,
+        /// Its group is killed then.
+        deadline: Instant,
+        /// How its leader ended, if it has.
+        leader: Option<ProcessExit>,
+    },
+    /// Its group was sent SIGKILL; waiting for it to be empty.
+    Killing {
+        /// When it was asked to drain, if it was.
+        drain_since: Option<Instant>,
+        /// How its leader ended, if it has.
+        leader: Option<ProcessExit>,
+    },
+}
+
+impl Phase {
+    /// The name `status` shows.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Phase::Starting { .. } => "starting",
+            Phase::Active { .. } => "active",
+            Phase::Draining { .. } => "draining",
+            Phase::Killing { .. } => "killing",
+        }
+    }
+
+    /// The earliest deadline of this phase, if it has one.
+    pub(super) fn deadline(&self) -> Option<Instant> {
+        match self {
+            Phase::Starting {
+                ready_by, ready_at, ..
+            } => Some(ready_at.map_or(*ready_by, |at| at.min(*ready_by))),
+            Phase::Active { stable_at } => *stable_at,
+            Phase::Draining { deadline, .. } => Some(*deadline),
+            Phase::Killing { .. } => None,
+        }
+    }
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What the machine knows of one generation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lifecycle {
+    /// When its spawn was asked for.
+    pub spawned_at: Instant,
+    /// Spawn to ready, once it was ready.
+    pub ready_after: Option<Duration>,
+    /// Where it is in its life.
+    pub phase: Phase,
+}
+
+impl Lifecycle {
+    /// Whether it is starting.
+    pub fn is_starting(&self) -> bool {
+        matches!(self.phase, Phase::Starting { .. })
+    }
+
+    /// Whether it serves.
+    pub fn is_active(&self) -> bool {
+        matches!(self.phase, Phase::Active { .. })
+    }
+
+    /// Whether it drains.
+    pub fn is_draining(&self) -> bool {
+        matches!(self.phase, Phase::Draining { .. })
+    }
+}
