@@ -120,3 +120,50 @@ fn a_crash_is_covered_by_the_next_generation() {
     baton.signal(Signal::SIGTERM);
     assert!(baton.wait_exit().success(), "{}", baton.output());
 }
+
+/// A reload whose spawn fails before any process exists (here its notify
+/// socket cannot be created: a tmp cleaner removed baton's directory) is
+/// answered "failed" at once, generation 1 serves on, and the next reload
+/// works. It used to leave `ctl reload` waiting for ever.
+#[test]
+fn a_spawn_that_fails_before_the_child_exists_fails_only_its_reload() {
+    let _serial = exclusive();
+    let runtime = tempfile::tempdir().expect("a temp dir");
+    let mut command = std::process::Command::new(baton_e2e::baton_bin());
+    command
+        .args(run_args(&["--ready", "notify"], &[]))
+        .env("XDG_RUNTIME_DIR", runtime.path());
+    let mut baton = Baton::spawn(command);
+    let first = baton.wait_ready(1);
+    let traffic = Traffic::start(baton.address("http"), Mode::NewConnection, 4);
+    traffic.serve(50);
+
+    let notify_dir = std::fs::read_dir(runtime.path())
+        .expect("the runtime dir")
+        .filter_map(|e| Some(e.ok()?.path()))
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("baton-"))
+        })
+        .expect("baton's notify directory");
+    std::fs::remove_dir_all(&notify_dir).expect("remove the notify directory");
+
+    let (exit, response) = baton.ctl_json(&["reload"]);
+    assert_eq!(exit.code(), Some(1), "{response:#}");
+    let reason = response["reload"]["reason"].as_str().expect("a reason");
+    assert!(reason.contains("notify socket"), "{reason}");
+    traffic.serve(50);
+
+    std::fs::create_dir(&notify_dir).expect("recreate the notify directory");
+    let (exit, response) = baton.ctl_json(&["reload"]);
+    assert!(exit.success(), "{response:#}");
+    assert_eq!(response["reload"]["generation"], 3, "{response:#}");
+    baton.wait_for(&["exited", " generation=1 "]);
+    traffic.serve(50);
+
+    let report = traffic.finish();
+    assert_no_failures(&report);
+    assert!(report.header_values.contains_key(&first.to_string()));
+    baton.signal(Signal::SIGTERM);
+    assert!(baton.wait_exit().success(), "{}", baton.output());
+}
