@@ -395,3 +395,99 @@ RUST_LOG = "info"
     assert_eq!(output.status.code(), Some(1), "{output:?}");
     assert!(stderr.contains("cannot read"), "{stderr}");
 }
+
+/// The one line of error a count below 1 gets, at start, on reload and
+/// from `baton check`.
+fn below_one(config: &Path, line: usize, key: &str) -> String {
+    format!(
+        "{}: line {line}, key `{key}`: expected a whole number of at least 1",
+        config.display()
+    )
+}
+
+#[test]
+fn a_count_below_one_in_the_file_is_a_one_line_error_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("baton.toml");
+    for (key, value) in [("max_draining", "0"), ("backlog", "0"), ("backlog", "-1")] {
+        let extra = format!("{key} = {value}");
+        write(&config, &config_text(&["http=127.0.0.1:0"], &extra, ""));
+        let error = format!("baton: error: {}", below_one(&config, 5, key));
+
+        let mut baton = start(&config);
+        let status = baton.wait_exit();
+        baton.wait_output_closed();
+        let output = baton.output();
+        assert_eq!(status.code(), Some(1), "{extra}: {output}");
+        assert_eq!(
+            output, error,
+            "{extra}: one line, naming file, line and key"
+        );
+
+        let output = check(&config);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{extra}: {output:?}");
+        assert_eq!(
+            stderr.trim_end(),
+            error,
+            "{extra}: `baton check` says the same"
+        );
+    }
+}
+
+#[test]
+fn a_count_below_one_fails_the_reload_and_the_old_generation_serves_on() {
+    let _serial = exclusive();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("baton.toml");
+    let good = config_text(&["http=127.0.0.1:0"], "max_draining = 2", "");
+    write(&config, &good);
+    let mut baton = start(&config);
+    let first = baton.wait_ready(1);
+    let http = baton.address("http");
+
+    // `ctl reload` answers why.
+    write(
+        &config,
+        &config_text(&["http=127.0.0.1:0"], "max_draining = 0", ""),
+    );
+    let (exit, response) = baton.ctl_json(&["reload"]);
+    assert_eq!(exit.code(), Some(1), "{response:#}");
+    assert_eq!(
+        response["reload"]["reason"].as_str(),
+        Some(below_one(&config, 5, "max_draining").as_str()),
+        "{response:#}"
+    );
+    assert_eq!(response["reload"]["generation"], serde_json::Value::Null);
+    let (_, body) = http_get(http, "/");
+    assert!(body.contains(&format!("pid={first} ")), "{body}");
+
+    // So does the log, for a SIGHUP.
+    for (n, value) in [(2, "0"), (3, "-1")] {
+        write(
+            &config,
+            &config_text(&["http=127.0.0.1:0"], &format!("backlog = {value}"), ""),
+        );
+        baton.signal(Signal::SIGHUP);
+        let failed = baton.wait_for(&[&format!("reload reload={n} trigger=signal result=failed")]);
+        assert!(
+            failed.contains(&below_one(&config, 5, "backlog")),
+            "{failed}"
+        );
+        let (_, body) = http_get(http, "/");
+        assert!(body.contains(&format!("pid={first} ")), "{body}");
+    }
+
+    let (_, status) = baton.ctl_json(&["status"]);
+    let status = &status["status"];
+    assert_eq!(status["counters"]["reloads_failed"], 3, "{status:#}");
+    assert_eq!(status["generations"].as_array().unwrap().len(), 1);
+    assert_eq!(status["generations"][0]["pid"], first, "{status:#}");
+
+    // Fixed, it reloads.
+    write(&config, &good);
+    baton.signal(Signal::SIGHUP);
+    baton.wait_ready(2);
+    baton.signal(Signal::SIGTERM);
+    assert!(baton.wait_exit().success(), "{}", baton.output());
+}
