@@ -190,7 +190,7 @@ impl Driver {
         let (calls, calls_rx) = mpsc::channel(64);
         Ok(Driver {
             machine: Machine::new(config.plan.settings.clone()),
-            backlogs: vec![config.plan.bind.backlog; config.listeners.len()],
+            backlogs: vec![config.plan.bind.listen_backlog(); config.listeners.len()],
             listeners: config.listeners,
             plan: config.plan,
             reloader: config.reloader,
@@ -485,7 +485,7 @@ impl Driver {
             tracing::info!(name = %listener.name(), addr = %listener.local_address(), backlog = plan.bind.backlog, "listening");
         }
         self.backlogs
-            .extend(bound.iter().map(|_| plan.bind.backlog));
+            .extend(bound.iter().map(|_| plan.bind.listen_backlog()));
         self.listeners.extend(bound);
         self.machine.set_settings(plan.settings.clone());
         self.plan = plan;

@@ -17,6 +17,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::num::NonZeroUsize;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
@@ -108,8 +109,8 @@ pub struct Settings {
     pub stop_signal: Signal,
     /// How long a draining generation may take before its group is killed.
     pub drain_timeout: Duration,
-    /// How many generations may drain at once; at least 1.
-    pub max_draining: usize,
+    /// How many generations may drain at once.
+    pub max_draining: NonZeroUsize,
     /// Restart backoff after crashes.
     pub backoff: Backoff,
 }
@@ -121,7 +122,7 @@ impl Default for Settings {
             ready_timeout: Duration::from_secs(60),
             stop_signal: Signal::SIGTERM,
             drain_timeout: Duration::from_secs(30),
-            max_draining: 4,
+            max_draining: NonZeroUsize::new(4).expect("not zero"),
             backoff: Backoff::default(),
         }
     }
@@ -364,10 +365,6 @@ pub struct Machine {
 impl Machine {
     /// A machine with no generation yet; feed it [`Event::Start`].
     pub fn new(settings: Settings) -> Self {
-        assert!(
-            settings.max_draining >= 1,
-            "max_draining must be at least 1"
-        );
         Machine {
             settings,
             generations: BTreeMap::new(),
@@ -527,7 +524,7 @@ impl Machine {
             after: self.settings.backoff.reset_after,
         });
         if let Some(previous) = previous {
-            self.evict_draining(self.settings.max_draining - 1, out);
+            self.evict_draining(self.settings.max_draining.get() - 1, out);
             self.drain(previous, out);
         }
         out.push(Action::Report(Report::Ready {
@@ -696,7 +693,7 @@ impl Machine {
             self.kill(generation, out);
             out.push(Action::Report(Report::Evicted {
                 generation,
-                max_draining: self.settings.max_draining,
+                max_draining: self.settings.max_draining.get(),
             }));
         }
     }

@@ -4,12 +4,14 @@
 
 use std::ffi::OsString;
 use std::net::SocketAddr;
+use std::num::{IntErrorKind, NonZeroU32, NonZeroUsize, ParseIntError};
 use std::path::PathBuf;
+use std::str::FromStr;
 use std::time::Duration;
 
 use baton_supervisor::listeners::ListenerSpec;
 use baton_supervisor::machine::Readiness;
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use nix::sys::signal::Signal;
 
 /// baton: hold the listening sockets, hand them to every new worker, and
@@ -49,8 +51,9 @@ pub enum Command {
 }
 
 /// `baton run`. Every option may also come from `--config`; the command
-/// line wins. Defaults are applied after merging, so they are listed here
-/// in the help text rather than as clap defaults.
+/// line wins. Defaults are applied after merging, so they are not clap
+/// defaults: [`command`] adds them to the help text from the values
+/// [`crate::config`] applies.
 #[derive(Debug, Clone, Args)]
 pub struct RunArgs {
     /// A TOML file with any of these options (see baton.toml.example).
@@ -62,28 +65,28 @@ pub struct RunArgs {
     /// workers get them at fds 3, 4, … in this order.
     #[arg(long = "listen", short = 'l', value_name = "[NAME=]SPEC", value_parser = parse_listener)]
     pub listen: Vec<String>,
-    /// Length of each socket's accept queue [default: 1024].
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(i32).range(1..))]
-    pub backlog: Option<i32>,
+    /// Length of each socket's accept queue.
+    #[arg(long, value_name = "N", value_parser = parse_count::<NonZeroU32>)]
+    pub backlog: Option<NonZeroU32>,
     /// File mode of unix sockets, in octal (e.g. 0660).
     #[arg(long, value_name = "MODE", value_parser = parse_mode)]
     pub unix_mode: Option<u32>,
     /// When a new worker counts as ready: `notify` (it sends READY=1 to
-    /// NOTIFY_SOCKET) or `delay=DURATION` (still alive after it) [default: delay=1s].
+    /// NOTIFY_SOCKET) or `delay=DURATION` (still alive after it).
     #[arg(long, value_name = "notify|delay=DURATION", value_parser = parse_readiness)]
     pub ready: Option<Readiness>,
-    /// How long a new worker may take to become ready [default: 60s].
+    /// How long a new worker may take to become ready.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub ready_timeout: Option<Duration>,
-    /// The signal that asks a worker to drain and exit [default: TERM].
+    /// The signal that asks a worker to drain and exit.
     #[arg(long, value_name = "SIGNAL", value_parser = parse_signal)]
     pub stop_signal: Option<Signal>,
-    /// How long a worker may drain before its process group is killed [default: 30s].
+    /// How long a worker may drain before its process group is killed.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub drain_timeout: Option<Duration>,
-    /// The most generations draining at once; a reload beyond it kills the oldest [default: 4].
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
-    pub max_draining: Option<u16>,
+    /// The most generations draining at once; a reload beyond it kills the oldest.
+    #[arg(long, value_name = "N", value_parser = parse_count::<NonZeroUsize>)]
+    pub max_draining: Option<NonZeroUsize>,
     /// This baton's name, for its control socket [default: the command's file name].
     #[arg(long, value_name = "NAME", value_parser = parse_name)]
     pub name: Option<String>,
@@ -92,7 +95,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "PATH|none", env = "BATON_CONTROL")]
     pub control: Option<PathBuf>,
     /// The control socket's file mode; peers of another uid are refused
-    /// anyway (root excepted) [default: 0600].
+    /// anyway (root excepted).
     #[arg(long, value_name = "MODE", value_parser = parse_mode)]
     pub control_mode: Option<u32>,
     /// Serve GET /metrics (Prometheus) and GET /status on this address.
@@ -109,7 +112,7 @@ pub struct RunArgs {
     /// Count only changes to files with these extensions (e.g. rs,toml).
     #[arg(long, value_name = "EXT,...", value_delimiter = ',')]
     pub ext: Vec<String>,
-    /// Quiet period: act once no change came for this long [default: 300ms].
+    /// Quiet period: act once no change came for this long.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub debounce: Option<Duration>,
     /// A shell command to run before each new generation (and the first);
@@ -117,7 +120,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "CMD")]
     pub build: Option<String>,
     /// The least time between two reloads caused by changes; 0 disables
-    /// it. SIGHUP and `ctl reload` never wait [default: 1s].
+    /// it. SIGHUP and `ctl reload` never wait.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub min_interval: Option<Duration>,
     /// The worker's command and its arguments.
@@ -163,6 +166,30 @@ pub struct CheckArgs {
     pub config: PathBuf,
 }
 
+/// The command line, with each default the merge applies appended to its
+/// option's help: written once, the help cannot disagree with it.
+pub fn command() -> clap::Command {
+    Cli::command().mut_subcommand("run", |mut run| {
+        let notes =
+            crate::config::defaults().map(|(id, default)| (id, format!("[default: {default}]")));
+        for (id, note) in notes {
+            run = run.mut_arg(id, |arg| {
+                let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+                arg.help(format!("{help} {note}"))
+            });
+        }
+        run
+    })
+}
+
+/// Parse the command line as [`Parser::parse`] would, with the help of
+/// [`command`].
+pub fn parse() -> Cli {
+    let mut command = command();
+    let matches = command.get_matches_mut();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.format(&mut command).exit())
+}
+
 /// Check a listener spec; it is parsed again, with its index, later.
 pub fn parse_listener(spec: &str) -> Result<String, String> {
     ListenerSpec::parse(spec, 0).map_err(|e| e.to_string())?;
@@ -191,6 +218,40 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .checked_mul(unit_ms)
         .map(Duration::from_millis)
         .ok_or_else(expected)
+}
+
+/// A whole number of at least 1: `--backlog`, `--max-draining`.
+pub fn parse_count<T: FromStr<Err = ParseIntError>>(text: &str) -> Result<T, String> {
+    text.parse().map_err(|e: ParseIntError| {
+        let expected = "expected a whole number of at least 1";
+        match e.kind() {
+            IntErrorKind::PosOverflow => format!("{expected}, and not this large"),
+            _ => expected.to_owned(),
+        }
+    })
+}
+
+/// A duration as [`parse_duration`] reads it.
+pub fn format_duration(duration: Duration) -> String {
+    match duration.as_millis() {
+        0 => "0".to_owned(),
+        ms if ms % 1000 == 0 => format!("{}s", ms / 1000),
+        ms => format!("{ms}ms"),
+    }
+}
+
+/// A readiness as [`parse_readiness`] reads it.
+pub fn format_readiness(readiness: Readiness) -> String {
+    match readiness {
+        Readiness::Notify => "notify".to_owned(),
+        Readiness::Delay(delay) => format!("delay={}", format_duration(delay)),
+    }
+}
+
+/// A signal as [`parse_signal`] reads it: `TERM`.
+pub fn format_signal(signal: Signal) -> String {
+    let name = signal.as_str();
+    name.strip_prefix("SIG").unwrap_or(name).to_owned()
 }
 
 /// A name that can be a file name: letters, digits, `-`, `_`, `.`, `@`.
@@ -287,8 +348,54 @@ mod tests {
     }
 
     #[test]
+    fn counts() {
+        assert_eq!(parse_count("4"), Ok(NonZeroUsize::new(4).unwrap()));
+        assert_eq!(parse_count("4096"), Ok(NonZeroU32::new(4096).unwrap()));
+        for bad in ["0", "-1", "", "1.5", "four"] {
+            assert_eq!(
+                parse_count::<NonZeroU32>(bad),
+                Err("expected a whole number of at least 1".to_owned()),
+                "{bad}"
+            );
+        }
+        assert!(parse_count::<NonZeroU32>("4294967296").is_err());
+    }
+
+    #[test]
+    fn what_is_formatted_parses_back() {
+        for ms in [0, 1, 300, 1000, 1500, 60_000] {
+            let duration = Duration::from_millis(ms);
+            assert_eq!(parse_duration(&format_duration(duration)), Ok(duration));
+        }
+        for readiness in [Readiness::Notify, Readiness::Delay(Duration::from_secs(1))] {
+            assert_eq!(parse_readiness(&format_readiness(readiness)), Ok(readiness));
+        }
+        assert_eq!(format_signal(Signal::SIGTERM), "TERM");
+        assert_eq!(
+            parse_signal(&format_signal(Signal::SIGQUIT)),
+            Ok(Signal::SIGQUIT)
+        );
+    }
+
+    #[test]
     fn the_command_line_is_consistent() {
-        use clap::CommandFactory;
-        Cli::command().debug_assert();
+        command().debug_assert();
+    }
+
+    #[test]
+    fn the_help_shows_each_default_once() {
+        let mut command = command();
+        let run = command.find_subcommand_mut("run").unwrap();
+        let help = run.render_help().to_string();
+        let notes =
+            crate::config::defaults().map(|(id, default)| (id, format!("[default: {default}]")));
+        for (id, note) in notes {
+            let arg = run.get_arguments().find(|a| a.get_id() == id).unwrap();
+            let arg_help = arg.get_help().unwrap().to_string();
+            assert_eq!(arg_help.matches(&note).count(), 1, "{id}: {arg_help}");
+            let kind = &note[..note.find(':').unwrap()];
+            assert_eq!(arg_help.matches(kind).count(), 1, "{id}: {arg_help}");
+            assert!(help.contains(&note), "{id}: {help}");
+        }
     }
 }

@@ -22,7 +22,7 @@ use crate::cli::{CheckArgs, Cli, Command, CtlAction, CtlArgs, LogFormat, RunArgs
 use crate::config::ConfigError;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = cli::parse();
     init_logging(cli.log_format, &cli.log_level);
     let result = match cli.command {
         Command::Run(args) => run(*args).map(|()| ExitCode::SUCCESS),
@@ -151,8 +151,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
 
 /// Exit 2 with a one-line error and clap's usage hint.
 fn usage_error(kind: clap::error::ErrorKind, message: impl std::fmt::Display) -> ! {
-    use clap::CommandFactory;
-    let mut command = Cli::command();
+    let mut command = cli::command();
     let run = command
         .find_subcommand_mut("run")
         .expect("run exists")

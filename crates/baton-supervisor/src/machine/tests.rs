@@ -401,7 +401,7 @@ fn a_drained_generation_is_gone_when_its_group_is_empty() {
 #[test]
 fn too_many_draining_generations_evict_the_oldest_first() {
     let mut h = Harness::serving(Settings {
-        max_draining: 2,
+        max_draining: NonZeroUsize::new(2).unwrap(),
         ..notify_settings()
     });
     h.reload(); // 1 drains
@@ -764,7 +764,7 @@ fn invariants_hold_under_random_events() {
     };
     for _run in 0..300 {
         let mut h = Harness::new(Settings {
-            max_draining: 2,
+            max_draining: NonZeroUsize::new(2).unwrap(),
             ..Settings::default()
         });
         h.feed(Event::Start);
