@@ -7,7 +7,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use baton_e2e::{
-    Baton, baton_bin, exclusive, http_get, output_within_deadline, pid_in, runtime, test_worker_bin,
+    Baton, baton_bin, exclusive, http_get, output_within_deadline, pid_in, run_args, runtime,
+    test_worker_bin,
 };
 use baton_loadgen::{Config, Load, Mode, Report};
 use nix::sys::signal::Signal;
@@ -272,11 +273,19 @@ fn listeners_may_be_appended_but_not_removed_or_reordered() {
 }
 
 fn check(config: &Path) -> std::process::Output {
+    check_with_env(config, &[])
+}
+
+/// `baton check --config FILE` with these `BATON_*` variables and no other.
+fn check_with_env(config: &Path, vars: &[(&str, &str)]) -> std::process::Output {
     let mut command = Command::new(baton_bin());
-    command
-        .args(["check", "--config"])
-        .arg(config)
-        .env_remove("BATON_CONTROL");
+    command.args(["check", "--config"]).arg(config);
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("BATON_") {
+            command.env_remove(name);
+        }
+    }
+    command.envs(vars.iter().copied());
     output_within_deadline(command)
 }
 
@@ -488,6 +497,66 @@ fn a_count_below_one_fails_the_reload_and_the_old_generation_serves_on() {
     write(&config, &good);
     baton.signal(Signal::SIGHUP);
     baton.wait_ready(2);
+    baton.signal(Signal::SIGTERM);
+    assert!(baton.wait_exit().success(), "{}", baton.output());
+}
+
+#[test]
+fn a_baton_variable_ranks_between_the_flag_and_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("baton.toml");
+    write(
+        &config,
+        "command = [\"/usr/bin/app\"]\nlisten = [\":8080\"]\ndrain_timeout = \"5s\"\n",
+    );
+    let resolved = |vars: &[(&str, &str)]| {
+        let output = check_with_env(&config, vars);
+        assert!(output.status.success(), "{vars:?}: {output:?}");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let has = |stdout: &str, line: &str| stdout.lines().any(|l| l == line);
+    let stdout = resolved(&[]);
+    assert!(has(&stdout, "drain_timeout = 5s"), "{stdout}");
+    assert!(has(&stdout, "ready_timeout = 60s"), "{stdout}");
+    let stdout = resolved(&[
+        ("BATON_DRAIN_TIMEOUT", "9s"),
+        ("BATON_READY_TIMEOUT", "7s"),
+        ("BATON_MAX_DRAINING", "3"),
+    ]);
+    for line in [
+        "drain_timeout = 9s",
+        "ready_timeout = 7s",
+        "max_draining = 3",
+    ] {
+        assert!(has(&stdout, line), "no {line:?} in\n{stdout}");
+    }
+    // Empty is unset, as systemd's `Environment=BATON_DRAIN_TIMEOUT=` says.
+    let stdout = resolved(&[("BATON_DRAIN_TIMEOUT", "")]);
+    assert!(has(&stdout, "drain_timeout = 5s"), "{stdout}");
+
+    let error = "baton: error: BATON_MAX_DRAINING=0: expected a whole number of at least 1";
+    let output = check_with_env(&config, &[("BATON_MAX_DRAINING", "0")]);
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    assert_eq!(String::from_utf8_lossy(&output.stderr).trim_end(), error);
+
+    // `baton run` says the same, before anything starts…
+    let mut command = Command::new(baton_bin());
+    command
+        .args(run_args(&[], &[]))
+        .env("BATON_MAX_DRAINING", "0");
+    let mut baton = Baton::spawn(command);
+    let status = baton.wait_exit();
+    baton.wait_output_closed();
+    assert_eq!(status.code(), Some(1), "{}", baton.output());
+    assert_eq!(baton.output(), error);
+
+    // …and a flag makes the variable irrelevant.
+    let mut command = Command::new(baton_bin());
+    command
+        .args(run_args(&["--max-draining", "2"], &[]))
+        .env("BATON_MAX_DRAINING", "0");
+    let mut baton = Baton::spawn(command);
+    baton.wait_ready(1);
     baton.signal(Signal::SIGTERM);
     assert!(baton.wait_exit().success(), "{}", baton.output());
 }

@@ -1,6 +1,7 @@
 //! The command line. Every value is checked by clap, so a bad one is a
 //! one-line error naming the flag, the value and what is expected, with
-//! exit code 2.
+//! exit code 2. Most settings may also come from a `BATON_*` environment
+//! variable ([`crate::env`]) or the config file ([`crate::config`]).
 
 use std::ffi::OsString;
 use std::net::SocketAddr;
@@ -13,6 +14,8 @@ use baton_supervisor::listeners::ListenerSpec;
 use baton_supervisor::machine::Readiness;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use nix::sys::signal::Signal;
+
+use crate::env;
 
 /// baton: hold the listening sockets, hand them to every new worker, and
 /// reload without refusing or failing a connection.
@@ -50,8 +53,9 @@ pub enum Command {
     Check(CheckArgs),
 }
 
-/// `baton run`. Every option may also come from `--config`; the command
-/// line wins. Defaults are applied after merging, so they are not clap
+/// `baton run`. Every option may also come from `--config`, most from a
+/// `BATON_*` variable; the command line wins, then the environment, then
+/// the file. Defaults are applied after merging, so they are not clap
 /// defaults: [`command`] adds them to the help text from the values
 /// [`crate::config`] applies.
 #[derive(Debug, Clone, Args)]
@@ -92,7 +96,7 @@ pub struct RunArgs {
     pub name: Option<String>,
     /// The control socket's path, or `none` [default: /run/baton/NAME.sock
     /// for root, else $XDG_RUNTIME_DIR/baton/NAME.sock].
-    #[arg(long, value_name = "PATH|none", env = "BATON_CONTROL")]
+    #[arg(long, value_name = "PATH|none")]
     pub control: Option<PathBuf>,
     /// The control socket's file mode; peers of another uid are refused
     /// anyway (root excepted).
@@ -166,12 +170,19 @@ pub struct CheckArgs {
     pub config: PathBuf,
 }
 
-/// The command line, with each default the merge applies appended to its
-/// option's help: written once, the help cannot disagree with it.
+/// The command line, with each default the merge applies and each
+/// option's `BATON_*` variable appended to its help: written once, the
+/// help cannot disagree with them.
 pub fn command() -> clap::Command {
     Cli::command().mut_subcommand("run", |mut run| {
-        let notes =
-            crate::config::defaults().map(|(id, default)| (id, format!("[default: {default}]")));
+        let notes = crate::config::defaults()
+            .map(|(id, default)| (id, format!("[default: {default}]")))
+            .into_iter()
+            .chain(
+                env::KEYS
+                    .iter()
+                    .map(|&key| (key, format!("[env: {}]", env::variable(key)))),
+            );
         for (id, note) in notes {
             run = run.mut_arg(id, |arg| {
                 let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
@@ -383,12 +394,14 @@ mod tests {
     }
 
     #[test]
-    fn the_help_shows_each_default_once() {
+    fn the_help_shows_each_default_and_variable_once() {
         let mut command = command();
         let run = command.find_subcommand_mut("run").unwrap();
         let help = run.render_help().to_string();
-        let notes =
-            crate::config::defaults().map(|(id, default)| (id, format!("[default: {default}]")));
+        let notes = crate::config::defaults()
+            .map(|(id, default)| (id, format!("[default: {default}]")))
+            .into_iter()
+            .chain(env::KEYS.map(|key| (key, format!("[env: {}]", env::variable(key)))));
         for (id, note) in notes {
             let arg = run.get_arguments().find(|a| a.get_id() == id).unwrap();
             let arg_help = arg.get_help().unwrap().to_string();

@@ -1,11 +1,12 @@
 //! The config file (`--config baton.toml`) and how it merges with the
-//! command line: a flag given on the command line wins, then the file,
-//! then the default. The file is re-read on every reload.
+//! command line: a flag given on the command line wins, then its `BATON_*`
+//! environment variable (both read once, at start), then the file (re-read
+//! on every reload), then the default.
 //!
 //! Every value is checked where it enters, by the same `cli::parse_*`
-//! function for a flag (through clap) and a file key (through the
-//! deserializer, so the error names the line and key), into a type that
-//! cannot hold a bad one. Each default is written
+//! function for a flag (through clap), a variable ([`crate::env`]) and a
+//! file key (through the deserializer, so the error names the line and
+//! key), into a type that cannot hold a bad one. Each default is written
 //! once: in [`Settings::default`], [`BindOptions::default`],
 //! [`DEFAULT_DEBOUNCE`] or the constants here; [`defaults`] shows them in
 //! `baton run --help`.
@@ -71,11 +72,11 @@ pub struct FileConfig {
     min_interval: Option<Duration>,
 }
 
-/// The control socket's mode when neither flag nor file sets it.
+/// The control socket's mode when no flag, variable or file sets it.
 pub const DEFAULT_CONTROL_MODE: u32 = 0o600;
 
-/// The least time between watch-triggered reloads when neither flag nor
-/// file sets it.
+/// The least time between watch-triggered reloads when no flag, variable
+/// or file sets it.
 pub const DEFAULT_MIN_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Each `baton run` option with a fixed default (by its id), and that
