@@ -7,7 +7,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use baton_e2e::{
-    Baton, baton_bin, exclusive, http_get, output_within_deadline, pid_in, runtime, test_worker_bin,
+    Baton, baton_bin, exclusive, http_get, output_within_deadline, pid_in, run_args, runtime,
+    test_worker_bin,
 };
 use baton_loadgen::{Config, Load, Mode, Report};
 use nix::sys::signal::Signal;
@@ -272,11 +273,19 @@ fn listeners_may_be_appended_but_not_removed_or_reordered() {
 }
 
 fn check(config: &Path) -> std::process::Output {
+    check_with_env(config, &[])
+}
+
+/// `baton check --config FILE` with these `BATON_*` variables and no other.
+fn check_with_env(config: &Path, vars: &[(&str, &str)]) -> std::process::Output {
     let mut command = Command::new(baton_bin());
-    command
-        .args(["check", "--config"])
-        .arg(config)
-        .env_remove("BATON_CONTROL");
+    command.args(["check", "--config"]).arg(config);
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("BATON_") {
+            command.env_remove(name);
+        }
+    }
+    command.envs(vars.iter().copied());
     output_within_deadline(command)
 }
 
@@ -394,4 +403,160 @@ RUST_LOG = "info"
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{output:?}");
     assert!(stderr.contains("cannot read"), "{stderr}");
+}
+
+/// The one line of error a count below 1 gets, at start, on reload and
+/// from `baton check`.
+fn below_one(config: &Path, line: usize, key: &str) -> String {
+    format!(
+        "{}: line {line}, key `{key}`: expected a whole number of at least 1",
+        config.display()
+    )
+}
+
+#[test]
+fn a_count_below_one_in_the_file_is_a_one_line_error_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("baton.toml");
+    for (key, value) in [("max_draining", "0"), ("backlog", "0"), ("backlog", "-1")] {
+        let extra = format!("{key} = {value}");
+        write(&config, &config_text(&["http=127.0.0.1:0"], &extra, ""));
+        let error = format!("baton: error: {}", below_one(&config, 5, key));
+
+        let mut baton = start(&config);
+        let status = baton.wait_exit();
+        baton.wait_output_closed();
+        let output = baton.output();
+        assert_eq!(status.code(), Some(1), "{extra}: {output}");
+        assert_eq!(
+            output, error,
+            "{extra}: one line, naming file, line and key"
+        );
+
+        let output = check(&config);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{extra}: {output:?}");
+        assert_eq!(
+            stderr.trim_end(),
+            error,
+            "{extra}: `baton check` says the same"
+        );
+    }
+}
+
+#[test]
+fn a_count_below_one_fails_the_reload_and_the_old_generation_serves_on() {
+    let _serial = exclusive();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("baton.toml");
+    let good = config_text(&["http=127.0.0.1:0"], "max_draining = 2", "");
+    write(&config, &good);
+    let mut baton = start(&config);
+    let first = baton.wait_ready(1);
+    let http = baton.address("http");
+
+    // `ctl reload` answers why.
+    write(
+        &config,
+        &config_text(&["http=127.0.0.1:0"], "max_draining = 0", ""),
+    );
+    let (exit, response) = baton.ctl_json(&["reload"]);
+    assert_eq!(exit.code(), Some(1), "{response:#}");
+    assert_eq!(
+        response["reload"]["reason"].as_str(),
+        Some(below_one(&config, 5, "max_draining").as_str()),
+        "{response:#}"
+    );
+    assert_eq!(response["reload"]["generation"], serde_json::Value::Null);
+    let (_, body) = http_get(http, "/");
+    assert!(body.contains(&format!("pid={first} ")), "{body}");
+
+    // So does the log, for a SIGHUP.
+    for (n, value) in [(2, "0"), (3, "-1")] {
+        write(
+            &config,
+            &config_text(&["http=127.0.0.1:0"], &format!("backlog = {value}"), ""),
+        );
+        baton.signal(Signal::SIGHUP);
+        let failed = baton.wait_for(&[&format!("reload reload={n} trigger=signal result=failed")]);
+        assert!(
+            failed.contains(&below_one(&config, 5, "backlog")),
+            "{failed}"
+        );
+        let (_, body) = http_get(http, "/");
+        assert!(body.contains(&format!("pid={first} ")), "{body}");
+    }
+
+    let (_, status) = baton.ctl_json(&["status"]);
+    let status = &status["status"];
+    assert_eq!(status["counters"]["reloads_failed"], 3, "{status:#}");
+    assert_eq!(status["generations"].as_array().unwrap().len(), 1);
+    assert_eq!(status["generations"][0]["pid"], first, "{status:#}");
+
+    // Fixed, it reloads.
+    write(&config, &good);
+    baton.signal(Signal::SIGHUP);
+    baton.wait_ready(2);
+    baton.signal(Signal::SIGTERM);
+    assert!(baton.wait_exit().success(), "{}", baton.output());
+}
+
+#[test]
+fn a_baton_variable_ranks_between_the_flag_and_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("baton.toml");
+    write(
+        &config,
+        "command = [\"/usr/bin/app\"]\nlisten = [\":8080\"]\ndrain_timeout = \"5s\"\n",
+    );
+    let resolved = |vars: &[(&str, &str)]| {
+        let output = check_with_env(&config, vars);
+        assert!(output.status.success(), "{vars:?}: {output:?}");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let has = |stdout: &str, line: &str| stdout.lines().any(|l| l == line);
+    let stdout = resolved(&[]);
+    assert!(has(&stdout, "drain_timeout = 5s"), "{stdout}");
+    assert!(has(&stdout, "ready_timeout = 60s"), "{stdout}");
+    let stdout = resolved(&[
+        ("BATON_DRAIN_TIMEOUT", "9s"),
+        ("BATON_READY_TIMEOUT", "7s"),
+        ("BATON_MAX_DRAINING", "3"),
+    ]);
+    for line in [
+        "drain_timeout = 9s",
+        "ready_timeout = 7s",
+        "max_draining = 3",
+    ] {
+        assert!(has(&stdout, line), "no {line:?} in\n{stdout}");
+    }
+    // Empty is unset, as systemd's `Environment=BATON_DRAIN_TIMEOUT=` says.
+    let stdout = resolved(&[("BATON_DRAIN_TIMEOUT", "")]);
+    assert!(has(&stdout, "drain_timeout = 5s"), "{stdout}");
+
+    let error = "baton: error: BATON_MAX_DRAINING=0: expected a whole number of at least 1";
+    let output = check_with_env(&config, &[("BATON_MAX_DRAINING", "0")]);
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    assert_eq!(String::from_utf8_lossy(&output.stderr).trim_end(), error);
+
+    // `baton run` says the same, before anything starts…
+    let mut command = Command::new(baton_bin());
+    command
+        .args(run_args(&[], &[]))
+        .env("BATON_MAX_DRAINING", "0");
+    let mut baton = Baton::spawn(command);
+    let status = baton.wait_exit();
+    baton.wait_output_closed();
+    assert_eq!(status.code(), Some(1), "{}", baton.output());
+    assert_eq!(baton.output(), error);
+
+    // …and a flag makes the variable irrelevant.
+    let mut command = Command::new(baton_bin());
+    command
+        .args(run_args(&["--max-draining", "2"], &[]))
+        .env("BATON_MAX_DRAINING", "0");
+    let mut baton = Baton::spawn(command);
+    baton.wait_ready(1);
+    baton.signal(Signal::SIGTERM);
+    assert!(baton.wait_exit().success(), "{}", baton.output());
 }

@@ -527,7 +527,7 @@ impl Driver {
                 .map(|l| ListenerStatus {
                     name: l.name().to_owned(),
                     address: l.local_address().to_owned(),
-                    backlog: self.plan.bind.backlog,
+                    backlog: self.plan.bind.listen_backlog(),
                 })
                 .collect(),
             generations,

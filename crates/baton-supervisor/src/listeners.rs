@@ -13,6 +13,7 @@
 use std::fmt;
 use std::io;
 use std::net::{Ipv6Addr, SocketAddr};
+use std::num::NonZeroU32;
 use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -204,7 +205,7 @@ pub fn check_names(specs: &[ListenerSpec]) -> Result<(), ListenError> {
 #[derive(Clone, Copy, Debug)]
 pub struct BindOptions {
     /// The accept queue length (the kernel caps it at `net.core.somaxconn`).
-    pub backlog: i32,
+    pub backlog: NonZeroU32,
     /// Permissions of unix socket files, when set.
     pub unix_mode: Option<u32>,
 }
@@ -212,9 +213,17 @@ pub struct BindOptions {
 impl Default for BindOptions {
     fn default() -> Self {
         BindOptions {
-            backlog: 1024,
+            backlog: NonZeroU32::new(1024).expect("not zero"),
             unix_mode: None,
         }
+    }
+}
+
+impl BindOptions {
+    /// The backlog as listen(2) takes it: an `int`, which the kernel caps
+    /// at `net.core.somaxconn` anyway.
+    pub fn listen_backlog(&self) -> i32 {
+        i32::try_from(self.backlog.get()).unwrap_or(i32::MAX)
     }
 }
 
@@ -346,7 +355,9 @@ fn finish_tcp(
     // So a restarted baton can bind while old connections sit in TIME_WAIT.
     socket.set_reuse_address(true).map_err(io_error(addr))?;
     socket.bind(&addr.into()).map_err(io_error(addr))?;
-    socket.listen(options.backlog).map_err(io_error(addr))?;
+    socket
+        .listen(options.listen_backlog())
+        .map_err(io_error(addr))?;
     let local = socket
         .local_addr()
         .ok()
@@ -392,7 +403,7 @@ fn bind_unix(name: &str, path: &Path, options: BindOptions) -> Result<Listener, 
     }
     listener
         .socket
-        .listen(options.backlog)
+        .listen(options.listen_backlog())
         .map_err(io_error(&shown))?;
     Ok(listener)
 }

@@ -1,16 +1,21 @@
 //! The command line. Every value is checked by clap, so a bad one is a
 //! one-line error naming the flag, the value and what is expected, with
-//! exit code 2.
+//! exit code 2. Most settings may also come from a `BATON_*` environment
+//! variable ([`crate::env`]) or the config file ([`crate::config`]).
 
 use std::ffi::OsString;
 use std::net::SocketAddr;
+use std::num::{IntErrorKind, NonZeroU32, NonZeroUsize, ParseIntError};
 use std::path::PathBuf;
+use std::str::FromStr;
 use std::time::Duration;
 
 use baton_supervisor::listeners::ListenerSpec;
-use baton_supervisor::machine::Readiness;
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use baton_supervisor::machine::{Readiness, StopSignal};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use nix::sys::signal::Signal;
+
+use crate::env;
 
 /// baton: hold the listening sockets, hand them to every new worker, and
 /// reload without refusing or failing a connection.
@@ -48,9 +53,11 @@ pub enum Command {
     Check(CheckArgs),
 }
 
-/// `baton run`. Every option may also come from `--config`; the command
-/// line wins. Defaults are applied after merging, so they are listed here
-/// in the help text rather than as clap defaults.
+/// `baton run`. Every option may also come from `--config`, most from a
+/// `BATON_*` variable; the command line wins, then the environment, then
+/// the file. Defaults are applied after merging, so they are not clap
+/// defaults: [`command`] adds them to the help text from the values
+/// [`crate::config`] applies.
 #[derive(Debug, Clone, Args)]
 pub struct RunArgs {
     /// A TOML file with any of these options (see baton.toml.example).
@@ -62,37 +69,37 @@ pub struct RunArgs {
     /// workers get them at fds 3, 4, … in this order.
     #[arg(long = "listen", short = 'l', value_name = "[NAME=]SPEC", value_parser = parse_listener)]
     pub listen: Vec<String>,
-    /// Length of each socket's accept queue [default: 1024].
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(i32).range(1..))]
-    pub backlog: Option<i32>,
+    /// Length of each socket's accept queue.
+    #[arg(long, value_name = "N", value_parser = parse_count::<NonZeroU32>)]
+    pub backlog: Option<NonZeroU32>,
     /// File mode of unix sockets, in octal (e.g. 0660).
     #[arg(long, value_name = "MODE", value_parser = parse_mode)]
     pub unix_mode: Option<u32>,
     /// When a new worker counts as ready: `notify` (it sends READY=1 to
-    /// NOTIFY_SOCKET) or `delay=DURATION` (still alive after it) [default: delay=1s].
+    /// NOTIFY_SOCKET) or `delay=DURATION` (still alive after it).
     #[arg(long, value_name = "notify|delay=DURATION", value_parser = parse_readiness)]
     pub ready: Option<Readiness>,
-    /// How long a new worker may take to become ready [default: 60s].
+    /// How long a new worker may take to become ready.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub ready_timeout: Option<Duration>,
-    /// The signal that asks a worker to drain and exit [default: TERM].
+    /// The signal that asks a worker to drain and exit.
     #[arg(long, value_name = "SIGNAL", value_parser = parse_signal)]
-    pub stop_signal: Option<Signal>,
-    /// How long a worker may drain before its process group is killed [default: 30s].
+    pub stop_signal: Option<StopSignal>,
+    /// How long a worker may drain before its process group is killed.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub drain_timeout: Option<Duration>,
-    /// The most generations draining at once; a reload beyond it kills the oldest [default: 4].
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
-    pub max_draining: Option<u16>,
+    /// The most generations draining at once; a reload beyond it kills the oldest.
+    #[arg(long, value_name = "N", value_parser = parse_count::<NonZeroUsize>)]
+    pub max_draining: Option<NonZeroUsize>,
     /// This baton's name, for its control socket [default: the command's file name].
     #[arg(long, value_name = "NAME", value_parser = parse_name)]
     pub name: Option<String>,
     /// The control socket's path, or `none` [default: /run/baton/NAME.sock
     /// for root, else $XDG_RUNTIME_DIR/baton/NAME.sock].
-    #[arg(long, value_name = "PATH|none", env = "BATON_CONTROL")]
+    #[arg(long, value_name = "PATH|none")]
     pub control: Option<PathBuf>,
     /// The control socket's file mode; peers of another uid are refused
-    /// anyway (root excepted) [default: 0600].
+    /// anyway (root excepted).
     #[arg(long, value_name = "MODE", value_parser = parse_mode)]
     pub control_mode: Option<u32>,
     /// Serve GET /metrics (Prometheus) and GET /status on this address.
@@ -109,7 +116,7 @@ pub struct RunArgs {
     /// Count only changes to files with these extensions (e.g. rs,toml).
     #[arg(long, value_name = "EXT,...", value_delimiter = ',')]
     pub ext: Vec<String>,
-    /// Quiet period: act once no change came for this long [default: 300ms].
+    /// Quiet period: act once no change came for this long.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub debounce: Option<Duration>,
     /// A shell command to run before each new generation (and the first);
@@ -117,7 +124,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "CMD")]
     pub build: Option<String>,
     /// The least time between two reloads caused by changes; 0 disables
-    /// it. SIGHUP and `ctl reload` never wait [default: 1s].
+    /// it. SIGHUP and `ctl reload` never wait.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub min_interval: Option<Duration>,
     /// The worker's command and its arguments.
@@ -163,6 +170,37 @@ pub struct CheckArgs {
     pub config: PathBuf,
 }
 
+/// The command line, with each default the merge applies and each
+/// option's `BATON_*` variable appended to its help: written once, the
+/// help cannot disagree with them.
+pub fn command() -> clap::Command {
+    Cli::command().mut_subcommand("run", |mut run| {
+        let notes = crate::config::defaults()
+            .map(|(id, default)| (id, format!("[default: {default}]")))
+            .into_iter()
+            .chain(
+                env::KEYS
+                    .iter()
+                    .map(|&key| (key, format!("[env: {}]", env::variable(key)))),
+            );
+        for (id, note) in notes {
+            run = run.mut_arg(id, |arg| {
+                let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+                arg.help(format!("{help} {note}"))
+            });
+        }
+        run
+    })
+}
+
+/// Parse the command line as [`Parser::parse`] would, with the help of
+/// [`command`].
+pub fn parse() -> Cli {
+    let mut command = command();
+    let matches = command.get_matches_mut();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.format(&mut command).exit())
+}
+
 /// Check a listener spec; it is parsed again, with its index, later.
 pub fn parse_listener(spec: &str) -> Result<String, String> {
     ListenerSpec::parse(spec, 0).map_err(|e| e.to_string())?;
@@ -193,6 +231,40 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .ok_or_else(expected)
 }
 
+/// A whole number of at least 1: `--backlog`, `--max-draining`.
+pub fn parse_count<T: FromStr<Err = ParseIntError>>(text: &str) -> Result<T, String> {
+    text.parse().map_err(|e: ParseIntError| {
+        let expected = "expected a whole number of at least 1";
+        match e.kind() {
+            IntErrorKind::PosOverflow => format!("{expected}, and not this large"),
+            _ => expected.to_owned(),
+        }
+    })
+}
+
+/// A duration as [`parse_duration`] reads it.
+pub fn format_duration(duration: Duration) -> String {
+    match duration.as_millis() {
+        0 => "0".to_owned(),
+        ms if ms % 1000 == 0 => format!("{}s", ms / 1000),
+        ms => format!("{ms}ms"),
+    }
+}
+
+/// A readiness as [`parse_readiness`] reads it.
+pub fn format_readiness(readiness: Readiness) -> String {
+    match readiness {
+        Readiness::Notify => "notify".to_owned(),
+        Readiness::Delay(delay) => format!("delay={}", format_duration(delay)),
+    }
+}
+
+/// A signal as [`parse_signal`] reads it: `TERM`.
+pub fn format_signal(signal: StopSignal) -> String {
+    let name = signal.to_string();
+    name.strip_prefix("SIG").unwrap_or(&name).to_owned()
+}
+
 /// A name that can be a file name: letters, digits, `-`, `_`, `.`, `@`.
 pub fn parse_name(name: &str) -> Result<String, String> {
     let valid = !name.is_empty()
@@ -217,7 +289,7 @@ pub fn parse_readiness(text: &str) -> Result<Readiness, String> {
 }
 
 /// `TERM`, `SIGTERM` or a number; not KILL or STOP.
-pub fn parse_signal(text: &str) -> Result<Signal, String> {
+pub fn parse_signal(text: &str) -> Result<StopSignal, String> {
     let upper = text.to_ascii_uppercase();
     let name = if upper.starts_with("SIG") {
         upper
@@ -232,7 +304,8 @@ pub fn parse_signal(text: &str) -> Result<Signal, String> {
         Some(Signal::SIGKILL | Signal::SIGSTOP) => {
             Err("expected a signal a worker can catch (KILL and STOP cannot be)".to_owned())
         }
-        Some(signal) => Ok(signal),
+        Some(signal) => StopSignal::new(signal as i32)
+            .ok_or_else(|| format!("{} cannot be a stop signal", signal.as_str())),
         None => Err("expected a signal name like TERM, INT, QUIT or USR1".to_owned()),
     }
 }
@@ -273,9 +346,12 @@ mod tests {
 
     #[test]
     fn signals() {
-        assert_eq!(parse_signal("TERM"), Ok(Signal::SIGTERM));
-        assert_eq!(parse_signal("sigquit"), Ok(Signal::SIGQUIT));
-        assert_eq!(parse_signal("10"), Ok(Signal::SIGUSR1));
+        assert_eq!(parse_signal("TERM"), Ok(StopSignal::TERM));
+        assert_eq!(
+            parse_signal("sigquit"),
+            StopSignal::new(3).ok_or(String::new())
+        );
+        assert_eq!(parse_signal("10"), StopSignal::new(10).ok_or(String::new()));
         assert!(parse_signal("KILL").is_err());
         assert!(parse_signal("NOPE").is_err());
     }
@@ -287,8 +363,56 @@ mod tests {
     }
 
     #[test]
+    fn counts() {
+        assert_eq!(parse_count("4"), Ok(NonZeroUsize::new(4).unwrap()));
+        assert_eq!(parse_count("4096"), Ok(NonZeroU32::new(4096).unwrap()));
+        for bad in ["0", "-1", "", "1.5", "four"] {
+            assert_eq!(
+                parse_count::<NonZeroU32>(bad),
+                Err("expected a whole number of at least 1".to_owned()),
+                "{bad}"
+            );
+        }
+        assert!(parse_count::<NonZeroU32>("4294967296").is_err());
+    }
+
+    #[test]
+    fn what_is_formatted_parses_back() {
+        for ms in [0, 1, 300, 1000, 1500, 60_000] {
+            let duration = Duration::from_millis(ms);
+            assert_eq!(parse_duration(&format_duration(duration)), Ok(duration));
+        }
+        for readiness in [Readiness::Notify, Readiness::Delay(Duration::from_secs(1))] {
+            assert_eq!(parse_readiness(&format_readiness(readiness)), Ok(readiness));
+        }
+        assert_eq!(format_signal(StopSignal::TERM), "TERM");
+        assert_eq!(
+            parse_signal(&format_signal(StopSignal::new(3).unwrap())),
+            Ok(StopSignal::new(3).unwrap())
+        );
+    }
+
+    #[test]
     fn the_command_line_is_consistent() {
-        use clap::CommandFactory;
-        Cli::command().debug_assert();
+        command().debug_assert();
+    }
+
+    #[test]
+    fn the_help_shows_each_default_and_variable_once() {
+        let mut command = command();
+        let run = command.find_subcommand_mut("run").unwrap();
+        let help = run.render_help().to_string();
+        let notes = crate::config::defaults()
+            .map(|(id, default)| (id, format!("[default: {default}]")))
+            .into_iter()
+            .chain(env::KEYS.map(|key| (key, format!("[env: {}]", env::variable(key)))));
+        for (id, note) in notes {
+            let arg = run.get_arguments().find(|a| a.get_id() == id).unwrap();
+            let arg_help = arg.get_help().unwrap().to_string();
+            assert_eq!(arg_help.matches(&note).count(), 1, "{id}: {arg_help}");
+            let kind = &note[..note.find(':').unwrap()];
+            assert_eq!(arg_help.matches(kind).count(), 1, "{id}: {arg_help}");
+            assert!(help.contains(&note), "{id}: {help}");
+        }
     }
 }

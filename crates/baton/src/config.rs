@@ -1,21 +1,29 @@
 //! The config file (`--config baton.toml`) and how it merges with the
-//! command line: a flag given on the command line wins, then the file,
-//! then the default. The file is re-read on every reload.
+//! command line: a flag given on the command line wins, then its `BATON_*`
+//! environment variable (both read once, at start), then the file (re-read
+//! on every reload), then the default.
+//!
+//! Every value is checked where it enters, by the same `cli::parse_*`
+//! function for a flag (through clap), a variable ([`crate::env`]) and a
+//! file key (through the deserializer, so the error names the line and
+//! key), into a type that cannot hold a bad one. Each default is written
+//! once: in [`Settings::default`], [`BindOptions::default`],
+//! [`DEFAULT_DEBOUNCE`] or the constants here; [`defaults`] shows them in
+//! `baton run --help`.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::net::SocketAddr;
+use std::num::{NonZeroU32, NonZeroUsize, ParseIntError};
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::time::Duration;
 
 use baton_supervisor::driver::{DevSettings, Plan};
 use baton_supervisor::listeners::{self, BindOptions, ListenerSpec};
-use std::num::NonZeroUsize;
-
 use baton_supervisor::machine::{Readiness, Settings, StopSignal};
 use baton_supervisor::spawn::WorkerCommand;
 use baton_supervisor::watch::{DEFAULT_DEBOUNCE, WatchSettings};
-use nix::sys::signal::Signal;
 use serde::{Deserialize, Deserializer};
 
 use crate::cli::{self, RunArgs};
@@ -30,7 +38,8 @@ pub struct FileConfig {
     env: BTreeMap<String, String>,
     #[serde(default, deserialize_with = "listen")]
     listen: Vec<String>,
-    backlog: Option<i32>,
+    #[serde(default, deserialize_with = "count")]
+    backlog: Option<NonZeroU32>,
     #[serde(default, deserialize_with = "mode")]
     unix_mode: Option<u32>,
     #[serde(default, deserialize_with = "readiness")]
@@ -38,10 +47,11 @@ pub struct FileConfig {
     #[serde(default, deserialize_with = "duration")]
     ready_timeout: Option<Duration>,
     #[serde(default, deserialize_with = "signal")]
-    stop_signal: Option<Signal>,
+    stop_signal: Option<StopSignal>,
     #[serde(default, deserialize_with = "duration")]
     drain_timeout: Option<Duration>,
-    max_draining: Option<u16>,
+    #[serde(default, deserialize_with = "count")]
+    max_draining: Option<NonZeroUsize>,
     #[serde(default, deserialize_with = "name")]
     name: Option<String>,
     control: Option<PathBuf>,
@@ -59,6 +69,36 @@ pub struct FileConfig {
     build: Option<String>,
     #[serde(default, deserialize_with = "duration")]
     min_interval: Option<Duration>,
+}
+
+/// The control socket's mode when no flag, variable or file sets it.
+pub const DEFAULT_CONTROL_MODE: u32 = 0o600;
+
+/// The least time between watch-triggered reloads when no flag, variable
+/// or file sets it.
+pub const DEFAULT_MIN_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Each `baton run` option with a fixed default (by its id), and that
+/// default as it would be written on the command line.
+pub fn defaults() -> [(&'static str, String); 9] {
+    let settings = Settings::default();
+    [
+        ("backlog", BindOptions::default().backlog.to_string()),
+        ("ready", cli::format_readiness(settings.readiness)),
+        (
+            "ready_timeout",
+            cli::format_duration(settings.ready_timeout),
+        ),
+        ("stop_signal", cli::format_signal(settings.stop_signal)),
+        (
+            "drain_timeout",
+            cli::format_duration(settings.drain_timeout),
+        ),
+        ("max_draining", settings.max_draining.to_string()),
+        ("control_mode", format!("{DEFAULT_CONTROL_MODE:04o}")),
+        ("debounce", cli::format_duration(DEFAULT_DEBOUNCE)),
+        ("min_interval", cli::format_duration(DEFAULT_MIN_INTERVAL)),
+    ]
 }
 
 /// Everything `baton run` needs, merged and checked.
@@ -200,10 +240,7 @@ pub fn resolve(
     };
     let defaults = Settings::default();
     let settings = Settings {
-        readiness: args
-            .ready
-            .or(file.ready)
-            .unwrap_or(Readiness::Delay(Duration::from_secs(1))),
+        readiness: args.ready.or(file.ready).unwrap_or(defaults.readiness),
         ready_timeout: args
             .ready_timeout
             .or(file.ready_timeout)
@@ -211,7 +248,6 @@ pub fn resolve(
         stop_signal: args
             .stop_signal
             .or(file.stop_signal)
-            .and_then(|signal| StopSignal::new(signal as i32))
             .unwrap_or(defaults.stop_signal),
         drain_timeout: args
             .drain_timeout
@@ -220,15 +256,15 @@ pub fn resolve(
         max_draining: args
             .max_draining
             .or(file.max_draining)
-            .and_then(|n| NonZeroUsize::new(usize::from(n)))
             .unwrap_or(defaults.max_draining),
         ..defaults
     };
+    let bind = BindOptions::default();
     let plan = Plan {
         listeners: specs,
         bind: BindOptions {
-            backlog: args.backlog.or(file.backlog).unwrap_or(1024),
-            unix_mode: args.unix_mode.or(file.unix_mode),
+            backlog: args.backlog.or(file.backlog).unwrap_or(bind.backlog),
+            unix_mode: args.unix_mode.or(file.unix_mode).or(bind.unix_mode),
         },
         command: WorkerCommand {
             program,
@@ -248,7 +284,10 @@ pub fn resolve(
         plan,
         name,
         control,
-        control_mode: args.control_mode.or(file.control_mode).unwrap_or(0o600),
+        control_mode: args
+            .control_mode
+            .or(file.control_mode)
+            .unwrap_or(DEFAULT_CONTROL_MODE),
         metrics: args.metrics.or(file.metrics),
     })
 }
@@ -294,7 +333,7 @@ fn dev_settings(args: &RunArgs, file: &FileDev) -> Result<Option<DevSettings>, C
         min_interval: args
             .min_interval
             .or(file.min_interval)
-            .unwrap_or(Duration::from_secs(1)),
+            .unwrap_or(DEFAULT_MIN_INTERVAL),
     }))
 }
 
@@ -382,7 +421,7 @@ fn readiness<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Readiness>, D::Er
     parsed(d, cli::parse_readiness)
 }
 
-fn signal<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Signal>, D::Error> {
+fn signal<'de, D: Deserializer<'de>>(d: D) -> Result<Option<StopSignal>, D::Error> {
     parsed(d, cli::parse_signal)
 }
 
@@ -392,6 +431,18 @@ fn mode<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
 
 fn name<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     parsed(d, cli::parse_name)
+}
+
+/// A TOML integer of at least 1, checked as the flag's value is.
+fn count<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: FromStr<Err = ParseIntError>,
+{
+    let number = i64::deserialize(d)?;
+    cli::parse_count(&number.to_string())
+        .map(Some)
+        .map_err(serde::de::Error::custom)
 }
 
 fn listen<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
@@ -466,6 +517,49 @@ mod tests {
     }
 
     #[test]
+    fn a_count_below_one_is_refused_where_it_enters() {
+        for (text, line, key) in [
+            ("max_draining = 0\n", 1, "max_draining"),
+            ("\nmax_draining = -3\n", 2, "max_draining"),
+            ("backlog = 0\n", 1, "backlog"),
+            ("backlog = -1\n", 1, "backlog"),
+            ("backlog = 4294967296\n", 1, "backlog"),
+        ] {
+            let err = file(text).unwrap_err();
+            assert!(
+                err.starts_with(&format!(
+                    "baton.toml: line {line}, key `{key}`: expected a whole number of at least 1"
+                )),
+                "{text}: {err}"
+            );
+        }
+        let f = file("max_draining = 1\nbacklog = 1\n").unwrap();
+        assert_eq!(f.max_draining, NonZeroUsize::new(1));
+        assert_eq!(f.backlog, NonZeroU32::new(1));
+        for flag in ["--max-draining", "--backlog"] {
+            let err = crate::cli::Cli::try_parse_from(["baton", "run", flag, "0"]).unwrap_err();
+            assert!(
+                err.to_string()
+                    .contains("expected a whole number of at least 1"),
+                "{flag}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_default_the_help_shows_is_the_one_applied() {
+        let base = ["--listen", ":0", "--watch", ".", "--", "/bin/app"];
+        let unset = render(&resolve(&run_args(&base), None, false).unwrap());
+        for (id, default) in defaults() {
+            let flag = format!("--{}", id.replace('_', "-"));
+            let mut args = vec![flag.as_str(), default.as_str()];
+            args.extend(base);
+            let given = render(&resolve(&run_args(&args), None, false).unwrap());
+            assert_eq!(given, unset, "{flag} {default}");
+        }
+    }
+
+    #[test]
     fn defaults_apply_when_neither_says() {
         let r = resolve(
             &run_args(&["--listen", ":0", "--", "/bin/app"]),
@@ -477,7 +571,7 @@ mod tests {
             r.plan.settings.readiness,
             Readiness::Delay(Duration::from_secs(1))
         );
-        assert_eq!(r.plan.bind.backlog, 1024);
+        assert_eq!(r.plan.bind.backlog.get(), 1024);
         assert_eq!(r.control_mode, 0o600);
         assert!(r.control.unwrap().ends_with("app.sock"));
         assert!(matches!(

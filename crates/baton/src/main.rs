@@ -4,6 +4,7 @@
 mod cli;
 mod config;
 mod ctl_output;
+mod env;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -22,7 +23,7 @@ use crate::cli::{CheckArgs, Cli, Command, CtlAction, CtlArgs, LogFormat, RunArgs
 use crate::config::ConfigError;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = cli::parse();
     init_logging(cli.log_format, &cli.log_level);
     let result = match cli.command {
         Command::Run(args) => run(*args).map(|()| ExitCode::SUCCESS),
@@ -52,11 +53,13 @@ fn init_logging(format: LogFormat, level: &str) {
 
 /// `baton run`: everything that can fail on bad input fails here, before a
 /// single process starts.
-fn run(args: RunArgs) -> anyhow::Result<()> {
+fn run(mut args: RunArgs) -> anyhow::Result<()> {
     // First: systemd's variables describe this process only until baton
     // changes anything, and inherited sockets get FD_CLOEXEC at once.
     let inherited = listeners::inherited_from_env()?;
     let systemd = SystemdNotifier::from_env()?;
+    // Read once: a reload re-reads the file, over what these settled.
+    env::fill(&mut args, |name| std::env::var_os(name))?;
     let activated = !inherited.is_empty();
     let resolved = match config::resolve_with_file(&args, activated) {
         Ok(resolved) => resolved,
@@ -151,8 +154,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
 
 /// Exit 2 with a one-line error and clap's usage hint.
 fn usage_error(kind: clap::error::ErrorKind, message: impl std::fmt::Display) -> ! {
-    use clap::CommandFactory;
-    let mut command = Cli::command();
+    let mut command = cli::command();
     let run = command
         .find_subcommand_mut("run")
         .expect("run exists")
@@ -160,12 +162,14 @@ fn usage_error(kind: clap::error::ErrorKind, message: impl std::fmt::Display) ->
     run.bin_name("baton run").error(kind, message).exit()
 }
 
-/// `baton check`: resolve the file as `baton run --config FILE` would.
+/// `baton check`: resolve the file as `baton run --config FILE` would,
+/// `BATON_*` variables included.
 fn check(args: CheckArgs) -> anyhow::Result<()> {
-    let run = RunArgs {
+    let mut run = RunArgs {
         config: Some(args.config),
         ..empty_run_args()
     };
+    env::fill(&mut run, |name| std::env::var_os(name))?;
     let resolved = config::resolve_with_file(&run, false)?;
     println!("{}", config::render(&resolved));
     Ok(())
