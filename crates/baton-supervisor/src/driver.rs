@@ -16,15 +16,15 @@
 //! get `PR_SET_PDEATHSIG`, which fires when the *thread* that forked them
 //! exits.
 
+mod blueprint;
 mod build;
 mod ledger;
 mod observe;
-mod plan;
 mod processes;
 mod sampling;
 
+pub use self::blueprint::{Blueprint, Config, Reloader};
 pub use self::ledger::ReloadLedger;
-pub use self::plan::{Config, Plan, Reloader};
 pub use crate::devloop::DevSettings;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -79,7 +79,7 @@ pub struct Driver {
     processes: ProcessTable,
     observer: Observer,
     listeners: Vec<Listener>,
-    plan: Plan,
+    blueprint: Blueprint,
     reloader: Option<Reloader>,
     /// Each live generation's notify socket; dropped when it is forgotten.
     readiness: BTreeMap<Generation, NotifyReceiver>,
@@ -121,11 +121,11 @@ impl Driver {
         let (sample_groups, _) = watch::channel(Groups::default());
         let (_, usage) = watch::channel(Usages::default());
         Ok(Driver {
-            machine: Machine::new(config.plan.settings.clone()),
+            machine: Machine::new(config.blueprint.settings.clone()),
             processes: ProcessTable::new(guardian),
             observer: Observer::new(config.systemd),
             listeners: config.listeners,
-            plan: config.plan,
+            blueprint: config.blueprint,
             reloader: config.reloader,
             readiness: BTreeMap::new(),
             notify_dir: NotifyDir::new().map_err(DriverError::NotifyDir)?,
@@ -286,13 +286,13 @@ impl Driver {
             .map(|l| (l.name(), l.as_fd()))
             .collect();
         let request = SpawnRequest {
-            command: &self.plan.command,
+            command: &self.blueprint.command,
             role: Role::Worker {
                 generation,
                 sockets: &sockets,
                 notify_socket: notify.path(),
             },
-            env: self.plan.environment(),
+            env: self.blueprint.environment(),
             output: None,
         };
         let pid = self
@@ -319,7 +319,7 @@ impl Driver {
         events
     }
 
-    /// A reload was asked for: re-read the plan, then tell the machine.
+    /// A reload was asked for: re-read the config file, then tell the machine.
     fn request_reload(
         &mut self,
         trigger: Trigger,
@@ -332,7 +332,7 @@ impl Driver {
             return vec![Event::ReloadRequested { id }];
         }
         self.observer.reload_requested(id, trigger);
-        match self.replan() {
+        match self.reread_blueprint() {
             Ok(settings) => settings
                 .into_iter()
                 .chain([Event::ReloadRequested { id }])
@@ -347,25 +347,27 @@ impl Driver {
 
     /// Re-read the config (if any) and apply what the next generation
     /// sees; returns the machine's new settings.
-    fn replan(&mut self) -> Result<Option<Event>, String> {
+    fn reread_blueprint(&mut self) -> Result<Option<Event>, String> {
         let Some(reloader) = &mut self.reloader else {
             return Ok(None);
         };
-        let plan = reloader()?;
-        let current = &self.plan.listeners;
-        if plan.listeners.len() < current.len() || plan.listeners[..current.len()] != current[..] {
+        let blueprint = reloader()?;
+        let current = &self.blueprint.listeners;
+        if blueprint.listeners.len() < current.len()
+            || blueprint.listeners[..current.len()] != current[..]
+        {
             return Err(
                 "listeners can only be appended: removing, changing or reordering one needs a restart of baton".into(),
             );
         }
-        let added = &plan.listeners[current.len()..];
-        let bound = listeners::bind_all(added, plan.bind).map_err(|e| e.to_string())?;
+        let added = &blueprint.listeners[current.len()..];
+        let bound = listeners::bind_all(added, blueprint.bind).map_err(|e| e.to_string())?;
         for listener in &bound {
-            tracing::info!(name = %listener.name(), addr = %listener.local_address(), backlog = plan.bind.backlog, "listening");
+            tracing::info!(name = %listener.name(), addr = %listener.local_address(), backlog = blueprint.bind.backlog, "listening");
         }
         self.listeners.extend(bound);
-        let settings = plan.settings.clone();
-        self.plan = plan;
+        let settings = blueprint.settings.clone();
+        self.blueprint = blueprint;
         Ok(Some(Event::SettingsChanged(settings)))
     }
 
@@ -448,7 +450,7 @@ impl Driver {
         let Some(command) = &settings.build else {
             return;
         };
-        match build::start(&mut self.processes, command, &self.plan) {
+        match build::start(&mut self.processes, command, &self.blueprint) {
             Ok(pid) => tracing::info!(pid, %command, "build started"),
             Err(error) => {
                 tracing::error!(%error, "build could not start");
@@ -527,7 +529,7 @@ impl Driver {
                 .map(|l| ListenerStatus {
                     name: l.name().to_owned(),
                     address: l.local_address().to_owned(),
-                    backlog: self.plan.bind.listen_backlog(),
+                    backlog: self.blueprint.bind.listen_backlog(),
                 })
                 .collect(),
             generations,

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
-use baton_supervisor::driver::{DevSettings, Plan};
+use baton_supervisor::driver::{Blueprint, DevSettings};
 use baton_supervisor::listeners::{self, BindOptions, ListenerSpec};
 use baton_supervisor::machine::{Readiness, Settings, StopSignal};
 use baton_supervisor::spawn::WorkerCommand;
@@ -105,7 +105,7 @@ pub fn defaults() -> [(&'static str, String); 9] {
 #[derive(Debug, Clone)]
 pub struct Resolved {
     /// What the next generation runs with.
-    pub plan: Plan,
+    pub blueprint: Blueprint,
     /// The name of this baton (its control socket).
     pub name: String,
     /// The control socket's path, `None` when turned off.
@@ -260,7 +260,7 @@ pub fn resolve(
         ..defaults
     };
     let bind = BindOptions::default();
-    let plan = Plan {
+    let blueprint = Blueprint {
         listeners: specs,
         bind: BindOptions {
             backlog: args.backlog.or(file.backlog).unwrap_or(bind.backlog),
@@ -281,7 +281,7 @@ pub fn resolve(
     let dev = dev_settings(args, &file_dev)?;
     Ok(Resolved {
         dev,
-        plan,
+        blueprint,
         name,
         control,
         control_mode: args
@@ -345,28 +345,29 @@ pub fn resolve_with_file(args: &RunArgs, inherited: bool) -> Result<Resolved, Co
 
 /// The resolved settings, one `key = value` per line, for `baton check`.
 pub fn render(resolved: &Resolved) -> String {
-    let plan = &resolved.plan;
-    let s = &plan.settings;
+    let blueprint = &resolved.blueprint;
+    let s = &blueprint.settings;
     let mut out = Vec::new();
-    for spec in &plan.listeners {
+    for spec in &blueprint.listeners {
         out.push(format!("listen = {}={}", spec.name, spec.address));
     }
-    out.push(format!("backlog = {}", plan.bind.backlog));
-    if let Some(mode) = plan.bind.unix_mode {
+    out.push(format!("backlog = {}", blueprint.bind.backlog));
+    if let Some(mode) = blueprint.bind.unix_mode {
         out.push(format!("unix_mode = {mode:04o}"));
     }
-    let mut command = vec![plan.command.program.to_string_lossy().into_owned()];
+    let mut command = vec![blueprint.command.program.to_string_lossy().into_owned()];
     command.extend(
-        plan.command
+        blueprint
+            .command
             .args
             .iter()
             .map(|a| a.to_string_lossy().into_owned()),
     );
     out.push(format!("command = {command:?}"));
-    if let Some(dir) = &plan.command.cwd {
+    if let Some(dir) = &blueprint.command.cwd {
         out.push(format!("workdir = {}", dir.display()));
     }
-    for (key, value) in &plan.env {
+    for (key, value) in &blueprint.env {
         out.push(format!("env.{} = {:?}", key.to_string_lossy(), value));
     }
     out.push(match s.readiness {
@@ -478,12 +479,12 @@ mod tests {
         )
         .unwrap();
         let r = resolve(&run_args(&["--drain-timeout", "9s"]), Some(f), false).unwrap();
-        assert_eq!(r.plan.settings.drain_timeout, Duration::from_secs(9));
-        assert_eq!(r.plan.settings.readiness, Readiness::Notify);
-        assert_eq!(r.plan.command.program, "app");
+        assert_eq!(r.blueprint.settings.drain_timeout, Duration::from_secs(9));
+        assert_eq!(r.blueprint.settings.readiness, Readiness::Notify);
+        assert_eq!(r.blueprint.command.program, "app");
         assert_eq!(r.name, "app");
-        assert_eq!(r.plan.env, vec![("A".into(), "1".into())]);
-        assert_eq!(r.plan.listeners[0].name, "http");
+        assert_eq!(r.blueprint.env, vec![("A".into(), "1".into())]);
+        assert_eq!(r.blueprint.listeners[0].name, "http");
     }
 
     #[test]
@@ -568,10 +569,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            r.plan.settings.readiness,
+            r.blueprint.settings.readiness,
             Readiness::Delay(Duration::from_secs(1))
         );
-        assert_eq!(r.plan.bind.backlog.get(), 1024);
+        assert_eq!(r.blueprint.bind.backlog.get(), 1024);
         assert_eq!(r.control_mode, 0o600);
         assert!(r.control.unwrap().ends_with("app.sock"));
         assert!(matches!(

@@ -72,7 +72,7 @@ fn run(mut args: RunArgs) -> anyhow::Result<()> {
         Err(error) => return Err(error.into()),
     };
     let mut resolved = resolved;
-    let command = &resolved.plan.command;
+    let command = &resolved.blueprint.command;
     let program = resolve_program(&command.program, command.cwd.as_deref());
     if let Some(dev) = &mut resolved.dev {
         // The worker's own binary is a build output: never a trigger.
@@ -90,7 +90,11 @@ fn run(mut args: RunArgs) -> anyhow::Result<()> {
     if resolved.dev.as_ref().is_none_or(|d| d.build.is_none()) {
         program?;
     }
-    let bound = listeners::resolve(&resolved.plan.listeners, inherited, resolved.plan.bind)?;
+    let bound = listeners::resolve(
+        &resolved.blueprint.listeners,
+        inherited,
+        resolved.blueprint.bind,
+    )?;
     for unused in &bound.unused {
         tracing::warn!(name = %unused.name(), addr = %unused.local_address(), "inherited socket matches no --listen: closing it");
     }
@@ -99,7 +103,7 @@ fn run(mut args: RunArgs) -> anyhow::Result<()> {
         tracing::info!(
             name = %listener.name(),
             addr = %listener.local_address(),
-            backlog = resolved.plan.bind.backlog,
+            backlog = resolved.blueprint.bind.backlog,
             inherited = listener.is_inherited(),
             "listening"
         );
@@ -126,13 +130,13 @@ fn run(mut args: RunArgs) -> anyhow::Result<()> {
         let args = args.clone();
         Box::new(move || {
             config::resolve_with_file(&args, activated)
-                .map(|r| r.plan)
+                .map(|r| r.blueprint)
                 .map_err(|e| e.to_string())
         }) as Reloader
     });
     let config = Config {
         listeners,
-        plan: resolved.plan,
+        blueprint: resolved.blueprint,
         control,
         metrics,
         reloader,

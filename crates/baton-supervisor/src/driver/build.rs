@@ -5,22 +5,26 @@
 use std::io;
 use std::os::fd::AsFd;
 
-use super::plan::Plan;
+use super::blueprint::Blueprint;
 use super::processes::ProcessTable;
 use crate::spawn::{Role, SpawnRequest, WorkerCommand};
 
 /// Start the build (killing one that still runs); returns its pid.
-pub(super) fn start(processes: &mut ProcessTable, command: &str, plan: &Plan) -> io::Result<i32> {
+pub(super) fn start(
+    processes: &mut ProcessTable,
+    command: &str,
+    blueprint: &Blueprint,
+) -> io::Result<i32> {
     let (read, write) = std::io::pipe()?;
     let shell = WorkerCommand {
         program: "sh".into(),
         args: vec!["-c".into(), command.into()],
-        cwd: plan.command.cwd.clone(),
+        cwd: blueprint.command.cwd.clone(),
     };
     let request = SpawnRequest {
         command: &shell,
         role: Role::Helper,
-        env: plan.environment(),
+        env: blueprint.environment(),
         output: Some(write.as_fd()),
     };
     let pid = processes.spawn_build(&request).map_err(io::Error::other)?;

@@ -1,4 +1,4 @@
-//! What the driver runs with: the bound sockets, the plan for the next
+//! What the driver runs with: the bound sockets, the blueprint for the next
 //! generation, and the servers and watchers around them.
 
 use std::ffi::OsString;
@@ -12,7 +12,7 @@ use crate::systemd::SystemdNotifier;
 
 /// What a reload may change: re-read from the config file each time.
 #[derive(Debug, Clone)]
-pub struct Plan {
+pub struct Blueprint {
     /// The listeners; existing ones must stay as they are, in order, and
     /// new ones may only be appended (fd numbers never shift).
     pub listeners: Vec<ListenerSpec>,
@@ -26,8 +26,8 @@ pub struct Plan {
     pub settings: Settings,
 }
 
-impl Plan {
-    /// baton's own environment with the plan's variables on top.
+impl Blueprint {
+    /// baton's own environment with the blueprint's variables on top.
     pub(super) fn environment(&self) -> Vec<(OsString, OsString)> {
         let mut env: Vec<(OsString, OsString)> = std::env::vars_os()
             .filter(|(key, _)| !self.env.iter().any(|(k, _)| k == key))
@@ -37,16 +37,16 @@ impl Plan {
     }
 }
 
-/// Produces the [`Plan`] for the next generation (re-reads the config
+/// Produces the [`Blueprint`] for the next generation (re-reads the config
 /// file); an error fails the reload and changes nothing.
-pub type Reloader = Box<dyn FnMut() -> Result<Plan, String> + Send>;
+pub type Reloader = Box<dyn FnMut() -> Result<Blueprint, String> + Send>;
 
 /// Everything the driver runs with.
 pub struct Config {
     /// The bound sockets, in `--listen` order.
     pub listeners: Vec<Listener>,
     /// What they were bound from.
-    pub plan: Plan,
+    pub blueprint: Blueprint,
     /// The bound control socket and its path, unless turned off.
     pub control: Option<(std::os::unix::net::UnixListener, PathBuf)>,
     /// The bound metrics listener, if asked for.
@@ -64,7 +64,7 @@ impl std::fmt::Debug for Config {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Config")
             .field("listeners", &self.listeners)
-            .field("plan", &self.plan)
+            .field("blueprint", &self.blueprint)
             .finish_non_exhaustive()
     }
 }
