@@ -179,17 +179,14 @@ fn same_path(have: &Path, want: &Path) -> bool {
     }
 }
 
-/// The first descriptor of socket activation, `SD_LISTEN_FDS_START`.
-const LISTEN_FDS_START: RawFd = 3;
-
 static TAKEN: AtomicBool = AtomicBool::new(false);
 
-/// Adopt the sockets baton was started with, the way `sd_listen_fds`
-/// does: when `LISTEN_PID` is baton's pid, the `LISTEN_FDS` descriptors
-/// from 3 on become baton's, named by `LISTEN_FDNAMES` (`unknown` when
-/// unset), each made close-on-exec at once so that no build step or
-/// daemon of it inherits a listener. An empty list when baton was not
-/// socket-activated (or `LISTEN_PID` is another process's). Call it once,
+/// Adopt the sockets baton was started with, read as
+/// [`baton_sd::listen_fds`] says (strict `LISTEN_PID`; names from
+/// `LISTEN_FDNAMES`, `unknown` when unset or empty): the descriptors from
+/// 3 on become baton's, each made close-on-exec at once so that no build
+/// step or daemon of it inherits a listener. An empty list when baton was
+/// not socket-activated (or `LISTEN_PID` is another process's). Call it once,
 /// early in `main`; a second call returns an empty list, since the
 /// descriptors are taken.
 ///
@@ -197,18 +194,13 @@ static TAKEN: AtomicBool = AtomicBool::new(false);
 /// it uses. baton's environment keeps the variables; `spawn` leaves them
 /// out of every worker's.
 pub fn inherited_from_env() -> Result<Vec<Inherited>, ListenError> {
-    let var = |name| std::env::var(name).ok();
-    let plan = activation_plan(
-        var("LISTEN_PID").as_deref(),
-        var("LISTEN_FDS").as_deref(),
-        var("LISTEN_FDNAMES").as_deref(),
-        std::process::id(),
-    )?;
+    let plan =
+        baton_sd::listen_fds_from_env().map_err(|e| ListenError::BadActivation(e.to_string()))?;
     if plan.is_empty() || TAKEN.swap(true, Ordering::SeqCst) {
         return Ok(Vec::new());
     }
     let mut inherited = Vec::with_capacity(plan.len());
-    for (fd, name) in plan {
+    for baton_sd::ListenFd { fd, name } in plan {
         // SAFETY: F_SETFD on a descriptor number has no memory effects; a
         // closed one fails with EBADF, which is reported.
         if unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } == -1 {
@@ -224,54 +216,6 @@ pub fn inherited_from_env() -> Result<Vec<Inherited>, ListenError> {
         inherited.push(Inherited::inspect(owned, fd, name));
     }
     Ok(inherited)
-}
-
-/// Which descriptors to take, with their names, from the three variables
-/// and baton's pid. Empty unless `LISTEN_PID` is `pid` and `LISTEN_FDS` > 0.
-pub(super) fn activation_plan(
-    listen_pid: Option<&str>,
-    listen_fds: Option<&str>,
-    listen_fdnames: Option<&str>,
-    pid: u32,
-) -> Result<Vec<(RawFd, String)>, ListenError> {
-    let bad = |what: String| Err(ListenError::BadActivation(what));
-    let (Some(listen_pid), Some(listen_fds)) = (listen_pid, listen_fds) else {
-        return Ok(Vec::new());
-    };
-    if listen_pid.is_empty() || listen_fds.is_empty() {
-        return Ok(Vec::new());
-    }
-    let Ok(listen_pid) = listen_pid.parse::<u32>() else {
-        return bad(format!("LISTEN_PID='{listen_pid}' is not a pid"));
-    };
-    if listen_pid != pid {
-        // Meant for another process (baton's parent, say): not ours.
-        return Ok(Vec::new());
-    }
-    let count = match listen_fds.parse::<RawFd>() {
-        Ok(n) if (0..=RawFd::MAX - LISTEN_FDS_START).contains(&n) => n,
-        _ => return bad(format!("LISTEN_FDS='{listen_fds}' is not a count")),
-    };
-    let names: Vec<String> = match listen_fdnames {
-        None => vec!["unknown".into(); count as usize],
-        Some(names) => {
-            let names: Vec<String> = names.split(':').map(str::to_string).collect();
-            if names.len() != count as usize {
-                return bad(format!(
-                    "LISTEN_FDS={count} but LISTEN_FDNAMES has {} names",
-                    names.len()
-                ));
-            }
-            names
-                .into_iter()
-                .map(|n| if n.is_empty() { "unknown".into() } else { n })
-                .collect()
-        }
-    };
-    Ok((LISTEN_FDS_START..)
-        .zip(names)
-        .take(count as usize)
-        .collect())
 }
 
 impl Listener {

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use socket2::{Domain, Socket, Type};
 
-use super::activation::{activation_plan, inherit};
+use super::activation::inherit;
 use super::*;
 
 fn parse(spec: &str) -> Result<ListenerSpec, ListenError> {
@@ -150,40 +150,6 @@ fn tcp_listener() -> (std::net::TcpListener, SocketAddr) {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap();
     (l, addr)
-}
-
-#[test]
-fn activation_plan_follows_sd_listen_fds() {
-    let plan = |pid, fds, names| activation_plan(pid, fds, names, 42);
-    assert!(plan(None, None, None).unwrap().is_empty());
-    assert!(plan(Some("42"), None, None).unwrap().is_empty());
-    // LISTEN_PID is required, as sd_listen_fds(3) wants.
-    assert!(plan(None, Some("2"), None).unwrap().is_empty());
-    // Meant for another process.
-    assert!(plan(Some("41"), Some("2"), None).unwrap().is_empty());
-    assert!(plan(Some("42"), Some("0"), None).unwrap().is_empty());
-    assert_eq!(
-        plan(Some("42"), Some("2"), Some("http:admin")).unwrap(),
-        vec![(3, "http".to_string()), (4, "admin".to_string())]
-    );
-    assert_eq!(
-        plan(Some("42"), Some("2"), None).unwrap(),
-        vec![(3, "unknown".to_string()), (4, "unknown".to_string())]
-    );
-    assert_eq!(
-        plan(Some("42"), Some("2"), Some(":x")).unwrap(),
-        vec![(3, "unknown".to_string()), (4, "x".to_string())]
-    );
-    for (pid, fds, names, needle) in [
-        ("me", "1", None, "LISTEN_PID='me'"),
-        ("42", "many", None, "LISTEN_FDS='many'"),
-        ("42", "-1", None, "LISTEN_FDS='-1'"),
-        ("42", "2", Some("one"), "LISTEN_FDNAMES has 1 names"),
-    ] {
-        let err = plan(Some(pid), Some(fds), names).unwrap_err();
-        assert!(matches!(err, ListenError::BadActivation(_)), "{err}");
-        assert!(err.to_string().contains(needle), "{err}");
-    }
 }
 
 #[test]
