@@ -134,8 +134,6 @@ struct Worker {
 pub struct Driver {
     machine: Machine,
     listeners: Vec<Listener>,
-    /// Each listener's backlog when it was bound.
-    backlogs: Vec<i32>,
     plan: Plan,
     reloader: Option<Reloader>,
     control: Option<(std::os::unix::net::UnixListener, PathBuf)>,
@@ -190,7 +188,6 @@ impl Driver {
         let (calls, calls_rx) = mpsc::channel(64);
         Ok(Driver {
             machine: Machine::new(config.plan.settings.clone()),
-            backlogs: vec![config.plan.bind.backlog; config.listeners.len()],
             listeners: config.listeners,
             plan: config.plan,
             reloader: config.reloader,
@@ -484,8 +481,6 @@ impl Driver {
         for listener in &bound {
             tracing::info!(name = %listener.name(), addr = %listener.local_address(), backlog = plan.bind.backlog, "listening");
         }
-        self.backlogs
-            .extend(bound.iter().map(|_| plan.bind.backlog));
         self.listeners.extend(bound);
         self.machine.set_settings(plan.settings.clone());
         self.plan = plan;
@@ -561,11 +556,10 @@ impl Driver {
             listeners: self
                 .listeners
                 .iter()
-                .zip(&self.backlogs)
-                .map(|(l, &backlog)| ListenerStatus {
+                .map(|l| ListenerStatus {
                     name: l.name().to_owned(),
                     address: l.local_address().to_owned(),
-                    backlog,
+                    backlog: l.backlog(),
                 })
                 .collect(),
             generations,

@@ -96,7 +96,8 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         tracing::info!(
             name = %listener.name(),
             addr = %listener.local_address(),
-            backlog = resolved.plan.bind.backlog,
+            // Not logged for an inherited socket: baton did not set it.
+            backlog = listener.backlog(),
             inherited = listener.is_inherited(),
             "listening"
         );

@@ -227,6 +227,7 @@ impl Listener {
             local: inherited.local,
             created: None,
             inherited: Some(inherited.fd),
+            backlog: None,
         }
     }
 }

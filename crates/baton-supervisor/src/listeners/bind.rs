@@ -104,6 +104,7 @@ fn finish_tcp(
         local,
         created: None,
         inherited: None,
+        backlog: Some(options.backlog),
     })
 }
 
@@ -131,6 +132,7 @@ fn bind_unix(name: &str, path: &Path, options: BindOptions) -> Result<Listener, 
         local: shown.clone(),
         created: Some((path.to_path_buf(), meta.dev(), meta.ino())),
         inherited: None,
+        backlog: Some(options.backlog),
     };
     if let Some(mode) = options.unix_mode {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))

@@ -118,6 +118,8 @@ pub struct Listener {
     created: Option<(PathBuf, u64, u64)>,
     /// Adopted from `LISTEN_FDS` rather than bound by baton.
     inherited: Option<RawFd>,
+    /// The backlog baton passed to `listen`; `None` when it did not.
+    backlog: Option<i32>,
 }
 
 impl Listener {
@@ -142,6 +144,14 @@ impl Listener {
     /// The descriptor number an inherited socket arrived at (3, 4, …).
     pub fn inherited_fd(&self) -> Option<RawFd> {
         self.inherited
+    }
+
+    /// The accept queue length baton asked for when it bound the socket
+    /// (the kernel caps it at `net.core.somaxconn`). `None` for an
+    /// inherited socket: whoever bound it chose (`Backlog=` in a `.socket`
+    /// unit), and baton never calls `listen` on it again.
+    pub fn backlog(&self) -> Option<i32> {
+        self.backlog
     }
 }
 

@@ -243,6 +243,36 @@ fn without_listen_every_inherited_socket_is_used_in_order() {
 }
 
 #[test]
+fn the_backlog_is_known_only_for_sockets_baton_bound() {
+    let options = BindOptions {
+        backlog: 77,
+        ..BindOptions::default()
+    };
+    let tcp = Listener::bind(&parse("127.0.0.1:0").unwrap(), options).unwrap();
+    assert_eq!(tcp.backlog(), Some(77));
+    let dir = tempfile::tempdir().unwrap();
+    let spec = parse(&format!("unix:{}", dir.path().join("s.sock").display())).unwrap();
+    assert_eq!(Listener::bind(&spec, options).unwrap().backlog(), Some(77));
+
+    let (a, _) = tcp_listener();
+    let (b, b_addr) = tcp_listener();
+    let specs = [
+        parse("http=127.0.0.1:0").unwrap(),
+        parse(&format!("admin={b_addr}")).unwrap(),
+        parse("extra=127.0.0.1:0").unwrap(),
+    ];
+    let inherited = vec![inherit(a, 3, "http"), inherit(b, 4, "stored")];
+    let resolved = resolve(&specs, inherited, options).unwrap();
+    let backlogs: Vec<_> = resolved.listeners.iter().map(Listener::backlog).collect();
+    // Adopted by name, adopted by address, bound.
+    assert_eq!(backlogs, [None, None, Some(77)]);
+
+    let (c, _) = tcp_listener();
+    let resolved = resolve(&[], vec![inherit(c, 3, "web")], options).unwrap();
+    assert_eq!(resolved.listeners[0].backlog(), None);
+}
+
+#[test]
 fn nothing_inherited_and_no_listen_is_an_error() {
     let err = resolve(&[], Vec::new(), BindOptions::default()).unwrap_err();
     assert!(matches!(err, ListenError::NothingToListenOn), "{err}");
