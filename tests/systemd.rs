@@ -440,6 +440,7 @@ fn a_socket_activated_baton_serves_through_a_reload_without_a_failed_request() {
     let listening = baton.wait_for(&["listening", "name=http "]);
     assert!(listening.contains("inherited=true"), "{listening}");
     assert_eq!(baton.address("http"), addr);
+    assert_inherited_backlog_is_unknown(&baton, &addr.to_string());
     assert_worker_env_is_its_own(gen1, None);
     // The tool exec'd baton in place: the process we started is baton,
     // and LISTEN_PID named it.
@@ -464,6 +465,27 @@ fn a_socket_activated_baton_serves_through_a_reload_without_a_failed_request() {
         "three generations served: {}",
         report.summary()
     );
+}
+
+/// `status` shows the one listener at `address` with no backlog: baton
+/// inherited the socket and never set its backlog (the `.socket` unit's
+/// `Backlog=` did), so it does not claim its own `--backlog` default.
+fn assert_inherited_backlog_is_unknown(baton: &Baton, address: &str) {
+    let (exit, response) = baton.ctl_json(&["status"]);
+    assert!(exit.success(), "{response:#}");
+    let listeners = &response["status"]["listeners"];
+    assert_eq!(
+        listeners,
+        &serde_json::json!([{"name": "http", "address": address, "backlog": null}]),
+        "{response:#}"
+    );
+    let text = baton.ctl(&["status"]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("http "))
+        .unwrap_or_else(|| panic!("no listener line in {text}"));
+    assert!(line.trim_end().ends_with("backlog ?"), "{line:?}");
 }
 
 /// One `GET path` over a unix socket (HTTP/1.0): the status code.
@@ -575,6 +597,12 @@ fn the_fd_store_keeps_the_socket_across_a_sigkill_of_baton_and_nothing_is_refuse
     let addr = old.address("http");
     let stored = stored_listener(manager.recv(&old), "http", addr);
     let old_worker = old.wait_ready(1);
+    // Ready, so the control socket is up.
+    let (_, status) = old.ctl_json(&["status"]);
+    assert_eq!(
+        status["status"]["listeners"][0]["backlog"], 1024,
+        "bound by baton: its --backlog; {status:#}"
+    );
     assert!(manager.recv(&old).text.starts_with("READY=1\n"));
 
     let rt = runtime();
@@ -619,6 +647,8 @@ fn the_fd_store_keeps_the_socket_across_a_sigkill_of_baton_and_nothing_is_refuse
     let listening = new.wait_for(&["listening", "name=http "]);
     assert!(listening.contains("inherited=true"), "{listening}");
     assert_eq!(new.address("http"), addr);
+    // The same socket, inherited this time: its backlog is not baton's to tell.
+    assert_inherited_backlog_is_unknown(&new, &addr.to_string());
     rt.block_on(load.wait_for(|s| s.ok >= gap.ok + 200))
         .expect("the load runs");
     load.stop();

@@ -529,7 +529,7 @@ impl Driver {
                 .map(|l| ListenerStatus {
                     name: l.name().to_owned(),
                     address: l.local_address().to_owned(),
-                    backlog: self.blueprint.bind.listen_backlog(),
+                    backlog: l.backlog(),
                 })
                 .collect(),
             generations,

@@ -40,8 +40,9 @@ pub struct ListenerStatus {
     pub name: String,
     /// Its bound address.
     pub address: String,
-    /// Its accept queue length.
-    pub backlog: i32,
+    /// The accept queue length baton bound it with; `None` (`null`) for a
+    /// socket baton inherited, whose backlog it did not set.
+    pub backlog: Option<i32>,
 }
 
 /// One generation and what it costs, summed over its process group.

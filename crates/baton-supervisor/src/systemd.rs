@@ -11,18 +11,16 @@
 //! baton stays the main process of its unit: it never sends `MAINPID=`.
 //! Without `NOTIFY_SOCKET` every method is a no-op that succeeds, so the
 //! driver calls them unconditionally.
+//!
+//! The protocol itself (the address forms, the datagrams, `WATCHDOG_*`)
+//! is `baton_sd`'s; this module says what baton tells systemd, and when.
 
-use std::ffi::{OsStr, OsString};
-use std::io::{self, IoSlice};
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
+use std::ffi::OsString;
+use std::io;
+use std::os::fd::BorrowedFd;
 use std::time::Duration;
 
-use nix::sys::socket::{
-    self, AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType, UnixAddr, sockopt,
-};
-use nix::sys::time::TimeVal;
+use baton_sd::{Notifier, NotifyError, is_fd_name};
 use nix::time::{ClockId, clock_gettime};
 
 /// What went wrong talking to systemd.
@@ -54,15 +52,8 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(2);
 /// baton's notify connection to systemd; a no-op when systemd gave none.
 #[derive(Debug)]
 pub struct SystemdNotifier {
-    target: Option<Target>,
+    target: Option<Notifier>,
     watchdog: Option<Duration>,
-}
-
-#[derive(Debug)]
-struct Target {
-    socket: OwnedFd,
-    address: UnixAddr,
-    shown: String,
 }
 
 impl SystemdNotifier {
@@ -79,17 +70,15 @@ impl SystemdNotifier {
         lookup: impl Fn(&str) -> Option<OsString>,
         pid: u32,
     ) -> Result<Self, SystemdError> {
-        let Some(path) = lookup("NOTIFY_SOCKET").filter(|p| !p.is_empty()) else {
+        let Some(target) = Notifier::from_lookup(&lookup)? else {
             return Ok(Self::disabled());
         };
-        let watchdog = watchdog_interval_from(
-            lookup("WATCHDOG_USEC").as_deref(),
-            lookup("WATCHDOG_PID").as_deref(),
-            pid,
-        );
+        // systemd reads its notify socket promptly; should its queue be full,
+        // wait a little rather than block the event loop for good.
+        target.set_send_timeout(Some(SEND_TIMEOUT))?;
         Ok(SystemdNotifier {
-            target: Some(Target::open(&path)?),
-            watchdog,
+            target: Some(target),
+            watchdog: baton_sd::watchdog_interval(&lookup, pid),
         })
     }
 
@@ -108,7 +97,7 @@ impl SystemdNotifier {
 
     /// Where the notifications go (`/run/systemd/notify`, `@name`), if anywhere.
     pub fn address(&self) -> Option<&str> {
-        self.target.as_ref().map(|t| t.shown.as_str())
+        self.target.as_ref().map(Notifier::address)
     }
 
     /// baton serves: the first generation is ready. `READY=1` + `STATUS=`.
@@ -184,7 +173,7 @@ impl SystemdNotifier {
             return Ok(());
         };
         for (name, fd) in fds {
-            target.send(&format!("FDSTORE=1\nFDNAME={name}"), &[fd.as_raw_fd()])?;
+            target.send_with_fds(&format!("FDSTORE=1\nFDNAME={name}"), &[*fd])?;
         }
         Ok(())
     }
@@ -192,90 +181,39 @@ impl SystemdNotifier {
     /// Send one datagram of `KEY=VALUE` lines as it is.
     pub fn send(&self, message: &str) -> Result<(), SystemdError> {
         match &self.target {
-            Some(target) => target.send(message, &[]),
+            Some(target) => Ok(target.send(message)?),
             None => Ok(()),
         }
     }
 }
 
-impl Target {
-    fn open(path: &OsStr) -> Result<Self, SystemdError> {
-        let bad = || SystemdError::BadAddress(path.to_string_lossy().into_owned());
-        let bytes = path.as_bytes();
-        let address = match bytes.first() {
-            Some(b'@') => UnixAddr::new_abstract(&bytes[1..]).map_err(|_| bad())?,
-            Some(b'/') => UnixAddr::new(Path::new(path)).map_err(|_| bad())?,
-            _ => return Err(bad()),
-        };
-        let shown = path.to_string_lossy().into_owned();
-        let io = |what: &str| {
-            let what = format!("{what} for {shown}");
-            move |e: nix::Error| SystemdError::Io {
+impl From<NotifyError> for SystemdError {
+    fn from(error: NotifyError) -> Self {
+        match error {
+            NotifyError::BadAddress(address) => SystemdError::BadAddress(address),
+            NotifyError::Socket {
+                socket,
                 what,
-                source: e.into(),
-            }
-        };
-        let socket = socket::socket(
-            AddressFamily::Unix,
-            SockType::Datagram,
-            SockFlag::SOCK_CLOEXEC,
-            None,
-        )
-        .map_err(io("socket"))?;
-        // systemd reads its notify socket promptly; should its queue be full,
-        // wait a little rather than block the event loop for good.
-        let timeout = TimeVal::new(SEND_TIMEOUT.as_secs() as _, 0);
-        socket::setsockopt(&socket, sockopt::SendTimeout, &timeout).map_err(io("SO_SNDTIMEO"))?;
-        Ok(Target {
-            socket,
-            address,
-            shown,
-        })
+                source,
+            } => SystemdError::Io {
+                what: format!("{what} for {socket}"),
+                source,
+            },
+            NotifyError::Send {
+                socket,
+                message,
+                source,
+            } => SystemdError::Io {
+                what: format!("{} to {socket}", message.replace('\n', " ")),
+                source,
+            },
+        }
     }
-
-    fn send(&self, message: &str, fds: &[std::os::fd::RawFd]) -> Result<(), SystemdError> {
-        let iov = [IoSlice::new(message.as_bytes())];
-        let rights = [ControlMessage::ScmRights(fds)];
-        let cmsgs: &[ControlMessage] = if fds.is_empty() { &[] } else { &rights };
-        socket::sendmsg(
-            self.socket.as_raw_fd(),
-            &iov,
-            cmsgs,
-            MsgFlags::MSG_NOSIGNAL,
-            Some(&self.address),
-        )
-        .map_err(|e| SystemdError::Io {
-            what: format!("{} to {}", message.replace('\n', " "), self.shown),
-            source: e.into(),
-        })?;
-        Ok(())
-    }
-}
-
-/// `WATCHDOG_USEC` as a duration when it applies to process `pid`.
-fn watchdog_interval_from(
-    usec: Option<&OsStr>,
-    watchdog_pid: Option<&OsStr>,
-    pid: u32,
-) -> Option<Duration> {
-    if let Some(watchdog_pid) = watchdog_pid.filter(|p| !p.is_empty())
-        && watchdog_pid.to_str()?.parse::<u32>().ok()? != pid
-    {
-        return None;
-    }
-    let usec: u64 = usec?.to_str()?.parse().ok()?;
-    (usec > 0).then(|| Duration::from_micros(usec))
 }
 
 /// `STATUS=` and other values end at a newline: keep the text on one line.
 fn one_line(text: &str) -> String {
     text.replace(['\n', '\r'], " ")
-}
-
-/// systemd's rule for `FDNAME=` (and `LISTEN_FDNAMES`): 1-255 printable
-/// ASCII characters, no ':'.
-fn is_fd_name(name: &str) -> bool {
-    (1..=255).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_graphic() && b != b':')
 }
 
 fn monotonic_usec() -> Result<u64, SystemdError> {
@@ -289,7 +227,8 @@ fn monotonic_usec() -> Result<u64, SystemdError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::fd::{AsFd, FromRawFd};
+    use nix::sys::socket::{self, MsgFlags};
+    use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
     use std::os::linux::net::SocketAddrExt;
     use std::os::unix::fs::MetadataExt;
     use std::os::unix::net::{SocketAddr, UnixDatagram};
@@ -516,37 +455,18 @@ mod tests {
 
     #[test]
     fn watchdog_interval_honours_watchdog_pid() {
-        let os = |s: &'static str| Some(OsStr::new(s));
-        assert_eq!(
-            watchdog_interval_from(os("30000000"), None, 7),
-            Some(Duration::from_secs(30))
-        );
-        assert_eq!(
-            watchdog_interval_from(os("500000"), os("7"), 7),
-            Some(Duration::from_millis(500))
-        );
-        assert_eq!(
-            watchdog_interval_from(os("500000"), os(""), 7),
-            Some(Duration::from_millis(500))
-        );
-        assert_eq!(watchdog_interval_from(os("500000"), os("8"), 7), None);
-        assert_eq!(watchdog_interval_from(os("500000"), os("x"), 7), None);
-        assert_eq!(watchdog_interval_from(os("0"), None, 7), None);
-        assert_eq!(watchdog_interval_from(os("soon"), None, 7), None);
-        assert_eq!(watchdog_interval_from(None, os("7"), 7), None);
-
+        // The rules themselves are baton_sd's (and tested there); this is
+        // the hand-over to the notifier.
         let m = Manager::new();
-        let path = m.path.clone();
-        let n = SystemdNotifier::from_lookup(
-            move |name| match name {
-                "NOTIFY_SOCKET" => Some(path.clone().into()),
-                "WATCHDOG_USEC" => Some("2000000".into()),
-                "WATCHDOG_PID" => Some("42".into()),
-                _ => None,
-            },
-            42,
-        )
-        .unwrap();
+        let lookup = |name: &str| match name {
+            "NOTIFY_SOCKET" => Some(m.path.clone().into()),
+            "WATCHDOG_USEC" => Some("2000000".into()),
+            "WATCHDOG_PID" => Some("42".into()),
+            _ => None,
+        };
+        let n = SystemdNotifier::from_lookup(lookup, 42).unwrap();
         assert_eq!(n.watchdog_interval(), Some(Duration::from_secs(2)));
+        let n = SystemdNotifier::from_lookup(lookup, 43).unwrap();
+        assert_eq!(n.watchdog_interval(), None, "meant for another process");
     }
 }

@@ -1,48 +1,14 @@
 //! Reading the hand-over protocols from the environment: which descriptors
 //! are ours and what they are called. Pure parsing, no descriptor is touched
-//! here, so all of it is unit-tested.
+//! here, so all of it is unit-tested. systemd's protocol is read by
+//! [`baton_sd::listen_fds`], the same reading the supervisor uses.
 
 use std::ffi::OsString;
 use std::os::fd::RawFd;
 
+use baton_sd::ActivationError;
+
 use crate::Error;
-
-/// The first descriptor of systemd's protocol (after stdin, stdout, stderr).
-const SD_LISTEN_FDS_START: RawFd = 3;
-
-/// The name systemd gives a socket when `LISTEN_FDNAMES` is unset.
-const UNKNOWN: &str = "unknown";
-
-/// The raw values of the variables, as strings.
-#[derive(Debug, Default, Clone)]
-pub(crate) struct Vars {
-    pub listen_pid: Option<String>,
-    pub listen_fds: Option<String>,
-    pub listen_fdnames: Option<String>,
-    pub server_starter_port: Option<String>,
-}
-
-impl Vars {
-    /// Reads the variables of this process. The environment is only read:
-    /// mutating it races with every thread that reads it.
-    pub fn from_process() -> Result<Vars, Error> {
-        Ok(Vars {
-            listen_pid: var("LISTEN_PID")?,
-            listen_fds: var("LISTEN_FDS")?,
-            listen_fdnames: var("LISTEN_FDNAMES")?,
-            server_starter_port: var("SERVER_STARTER_PORT")?,
-        })
-    }
-}
-
-fn var(name: &'static str) -> Result<Option<String>, Error> {
-    match std::env::var_os(name) {
-        None => Ok(None),
-        Some(value) => value.into_string().map(Some).map_err(|v: OsString| {
-            invalid(name, &v.to_string_lossy(), "not valid UTF-8".to_owned())
-        }),
-    }
-}
 
 fn invalid(var: &'static str, value: &str, reason: String) -> Error {
     Error::InvalidVar {
@@ -52,58 +18,48 @@ fn invalid(var: &'static str, value: &str, reason: String) -> Error {
     }
 }
 
-/// Which descriptors to take, with their names, in hand-over order.
-///
-/// systemd's `LISTEN_FDS` wins; `SERVER_STARTER_PORT` is read only when
-/// `LISTEN_FDS` is absent. Sockets addressed to another process (a
-/// `LISTEN_PID` that is unset or not `my_pid`: we inherited the variables
-/// from a parent that was the addressee) give an empty list.
-pub(crate) fn plan(vars: &Vars, my_pid: u32) -> Result<Vec<(RawFd, String)>, Error> {
-    if let Some(fds) = &vars.listen_fds {
-        return plan_systemd(vars, fds, my_pid);
+impl From<ActivationError> for Error {
+    fn from(error: ActivationError) -> Self {
+        match error {
+            ActivationError::InvalidVar { var, value, reason } => {
+                Error::InvalidVar { var, value, reason }
+            }
+            ActivationError::NameCountMismatch { names, fds } => {
+                Error::NameCountMismatch { names, fds }
+            }
+        }
     }
-    if let Some(ports) = &vars.server_starter_port {
-        return plan_server_starter(ports);
-    }
-    Ok(Vec::new())
 }
 
-fn plan_systemd(vars: &Vars, fds: &str, my_pid: u32) -> Result<Vec<(RawFd, String)>, Error> {
-    // Strict, as sd_listen_fds(3): no LISTEN_PID means "not addressed to
-    // us" (an unrelated descendant that inherited the variables must not
-    // grab the descriptors), so does a pid that is not ours.
-    let Some(pid) = &vars.listen_pid else {
-        return Ok(Vec::new());
-    };
-    let parsed: u32 = pid
-        .parse()
-        .map_err(|e| invalid("LISTEN_PID", pid, format!("not a pid ({e})")))?;
-    if parsed != my_pid {
-        return Ok(Vec::new());
+/// Which descriptors to take, with their names, in hand-over order;
+/// `lookup` gives the value of a variable, `my_pid` is this process's pid.
+///
+/// systemd's `LISTEN_FDS` wins, read as [`baton_sd::listen_fds`] says:
+/// sockets addressed to another process (a `LISTEN_PID` that is unset or
+/// not `my_pid`: we inherited the variables from a parent that was the
+/// addressee) give an empty list. `SERVER_STARTER_PORT` is read only when
+/// `LISTEN_FDS` is absent.
+pub(crate) fn plan(
+    lookup: impl Fn(&str) -> Option<OsString>,
+    my_pid: u32,
+) -> Result<Vec<(RawFd, String)>, Error> {
+    if lookup("LISTEN_FDS").is_some() {
+        let fds = baton_sd::listen_fds(lookup, my_pid)?;
+        return Ok(fds.into_iter().map(|l| (l.fd, l.name)).collect());
     }
-    let count: usize = fds
-        .parse()
-        .map_err(|e| invalid("LISTEN_FDS", fds, format!("not a count ({e})")))?;
-    // The last descriptor must still be a valid fd number.
-    let max = usize::try_from(RawFd::MAX - SD_LISTEN_FDS_START).unwrap_or(usize::MAX);
-    if count > max {
-        return Err(invalid("LISTEN_FDS", fds, "too large".to_owned()));
+    match lookup("SERVER_STARTER_PORT") {
+        Some(ports) => {
+            let ports = ports.into_string().map_err(|v| {
+                invalid(
+                    "SERVER_STARTER_PORT",
+                    &v.to_string_lossy(),
+                    "not valid UTF-8".to_owned(),
+                )
+            })?;
+            plan_server_starter(&ports)
+        }
+        None => Ok(Vec::new()),
     }
-    let names: Vec<String> = match &vars.listen_fdnames {
-        None => vec![UNKNOWN.to_owned(); count],
-        // An empty variable is zero names only when there is nothing to
-        // name; otherwise it is one empty name, as sd_listen_fds_with_names
-        // reads it.
-        Some(names) if names.is_empty() && count == 0 => Vec::new(),
-        Some(names) => names.split(':').map(str::to_owned).collect(),
-    };
-    if names.len() != count {
-        return Err(Error::NameCountMismatch {
-            names: names.len(),
-            fds: count,
-        });
-    }
-    Ok((SD_LISTEN_FDS_START..).zip(names).collect())
 }
 
 /// `SERVER_STARTER_PORT=127.0.0.1:5000=3;8080=4;/tmp/app.sock=5`: entries
@@ -137,36 +93,56 @@ fn plan_server_starter(ports: &str) -> Result<Vec<(RawFd, String)>, Error> {
 mod tests {
     use super::*;
 
-    fn systemd(pid: Option<&str>, fds: &str, names: Option<&str>) -> Vars {
-        Vars {
-            listen_pid: pid.map(str::to_owned),
-            listen_fds: Some(fds.to_owned()),
-            listen_fdnames: names.map(str::to_owned),
-            server_starter_port: None,
+    /// The environment `vars` describe, and nothing else.
+    fn env(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<OsString> + use<> {
+        let vars: Vec<(String, String)> = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        move |name| {
+            vars.iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| OsString::from(v))
         }
     }
 
-    fn starter(value: &str) -> Vars {
-        Vars {
-            server_starter_port: Some(value.to_owned()),
-            ..Vars::default()
+    fn systemd(pid: Option<&str>, fds: &str, names: Option<&str>) -> Vec<(String, String)> {
+        let mut vars = vec![("LISTEN_FDS".to_owned(), fds.to_owned())];
+        if let Some(pid) = pid {
+            vars.push(("LISTEN_PID".to_owned(), pid.to_owned()));
         }
+        if let Some(names) = names {
+            vars.push(("LISTEN_FDNAMES".to_owned(), names.to_owned()));
+        }
+        vars
+    }
+
+    fn plan_of(vars: &[(String, String)], pid: u32) -> Result<Vec<(RawFd, String)>, Error> {
+        let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (&**k, &**v)).collect();
+        plan(env(&vars), pid)
+    }
+
+    fn starter(value: &str) -> Result<Vec<(RawFd, String)>, Error> {
+        plan(env(&[("SERVER_STARTER_PORT", value)]), 1)
     }
 
     fn owned(plan: &[(RawFd, &str)]) -> Vec<(RawFd, String)> {
         plan.iter().map(|(fd, n)| (*fd, (*n).to_owned())).collect()
     }
 
+    // systemd's protocol itself is tested in baton_sd; these check that the
+    // worker reads it through there and reports its errors as its own.
+
     #[test]
     fn nothing_set_is_empty() {
-        assert_eq!(plan(&Vars::default(), 42).unwrap(), vec![]);
+        assert_eq!(plan(env(&[]), 42).unwrap(), vec![]);
     }
 
     #[test]
     fn names_follow_fds_from_3() {
         let vars = systemd(Some("42"), "2", Some("http:admin"));
         assert_eq!(
-            plan(&vars, 42).unwrap(),
+            plan_of(&vars, 42).unwrap(),
             owned(&[(3, "http"), (4, "admin")])
         );
     }
@@ -175,7 +151,7 @@ mod tests {
     fn missing_names_are_unknown() {
         let vars = systemd(Some("42"), "2", None);
         assert_eq!(
-            plan(&vars, 42).unwrap(),
+            plan_of(&vars, 42).unwrap(),
             owned(&[(3, "unknown"), (4, "unknown")])
         );
     }
@@ -183,66 +159,76 @@ mod tests {
     #[test]
     fn unset_pid_means_not_ours() {
         // Unlike listenfd, and like sd_listen_fds.
-        let vars = systemd(None, "1", Some("http"));
-        assert_eq!(plan(&vars, 42).unwrap(), vec![]);
+        let mut vars = systemd(None, "1", Some("http"));
+        assert_eq!(plan_of(&vars, 42).unwrap(), vec![]);
         // Not even the Server::Starter fallback is read then.
-        let mut vars = vars;
-        vars.server_starter_port = Some("8080=7".to_owned());
-        assert_eq!(plan(&vars, 42).unwrap(), vec![]);
+        vars.push(("SERVER_STARTER_PORT".to_owned(), "8080=7".to_owned()));
+        assert_eq!(plan_of(&vars, 42).unwrap(), vec![]);
     }
 
     #[test]
     fn other_pid_means_not_ours() {
         let vars = systemd(Some("41"), "1", Some("http"));
-        assert_eq!(plan(&vars, 42).unwrap(), vec![]);
+        assert_eq!(plan_of(&vars, 42).unwrap(), vec![]);
     }
 
     #[test]
     fn name_count_must_match() {
         let vars = systemd(Some("42"), "2", Some("http"));
-        let err = plan(&vars, 42).unwrap_err();
+        let err = plan_of(&vars, 42).unwrap_err();
         assert_eq!(
             err.to_string(),
             "LISTEN_FDNAMES has 1 names but LISTEN_FDS is 2"
         );
         let vars = systemd(Some("42"), "1", Some("a:b"));
         assert!(matches!(
-            plan(&vars, 42),
+            plan_of(&vars, 42),
             Err(Error::NameCountMismatch { names: 2, fds: 1 })
         ));
     }
 
     #[test]
     fn empty_names_with_zero_fds() {
-        assert_eq!(plan(&systemd(Some("1"), "0", Some("")), 1).unwrap(), vec![]);
-        // One empty name for one fd, as systemd writes it.
         assert_eq!(
-            plan(&systemd(Some("1"), "1", Some("")), 1).unwrap(),
-            owned(&[(3, "")])
+            plan_of(&systemd(Some("1"), "0", Some("")), 1).unwrap(),
+            vec![]
+        );
+        // One empty name for one fd: no name, so `unknown`, as the
+        // supervisor reads it.
+        assert_eq!(
+            plan_of(&systemd(Some("1"), "1", Some("")), 1).unwrap(),
+            owned(&[(3, "unknown")])
         );
     }
 
     #[test]
     fn garbage_is_an_error() {
-        let err = plan(&systemd(Some("abc"), "1", None), 1).unwrap_err();
+        let err = plan_of(&systemd(Some("abc"), "1", None), 1).unwrap_err();
         assert!(err.to_string().starts_with("LISTEN_PID=\"abc\" is invalid"));
-        assert!(plan(&systemd(Some("1"), "-1", None), 1).is_err());
-        assert!(plan(&systemd(Some("1"), "99999999999", None), 1).is_err());
-        assert!(plan(&systemd(Some("1"), "", None), 1).is_err());
+        assert!(matches!(
+            err,
+            Error::InvalidVar {
+                var: "LISTEN_PID",
+                ..
+            }
+        ));
+        assert!(plan_of(&systemd(Some(""), "1", None), 1).is_err());
+        assert!(plan_of(&systemd(Some("1"), "-1", None), 1).is_err());
+        assert!(plan_of(&systemd(Some("1"), "99999999999", None), 1).is_err());
+        assert!(plan_of(&systemd(Some("1"), "", None), 1).is_err());
     }
 
     #[test]
     fn listen_fds_wins_over_server_starter() {
         let mut vars = systemd(Some("1"), "1", Some("http"));
-        vars.server_starter_port = Some("8080=7".to_owned());
-        assert_eq!(plan(&vars, 1).unwrap(), owned(&[(3, "http")]));
+        vars.push(("SERVER_STARTER_PORT".to_owned(), "8080=7".to_owned()));
+        assert_eq!(plan_of(&vars, 1).unwrap(), owned(&[(3, "http")]));
     }
 
     #[test]
     fn server_starter_entries() {
-        let vars = starter("127.0.0.1:5000=3;8080=4;[::1]:80=5;/tmp/a=b.sock=6;");
         assert_eq!(
-            plan(&vars, 1).unwrap(),
+            starter("127.0.0.1:5000=3;8080=4;[::1]:80=5;/tmp/a=b.sock=6;").unwrap(),
             owned(&[
                 (3, "127.0.0.1:5000"),
                 (4, "8080"),
@@ -255,7 +241,7 @@ mod tests {
     #[test]
     fn server_starter_errors() {
         for bad in ["8080", "8080=x", "=3", "8080=-1", "a=3;b=3"] {
-            let err = plan(&starter(bad), 1).unwrap_err();
+            let err = starter(bad).unwrap_err();
             assert!(
                 matches!(
                     err,

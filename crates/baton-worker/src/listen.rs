@@ -30,7 +30,7 @@ pub enum Listener {
 /// An inherited socket with the name it was handed over under.
 #[derive(Debug)]
 pub struct NamedListener {
-    /// The name: from `LISTEN_FDNAMES` (`unknown` when unset), or the
+    /// The name: from `LISTEN_FDNAMES` (`unknown` when unset or empty), or the
     /// address part of a `SERVER_STARTER_PORT` entry.
     pub name: String,
     /// The descriptor number it arrived at.
@@ -42,11 +42,14 @@ pub struct NamedListener {
 /// Takes the listening sockets handed over by the parent process.
 ///
 /// The systemd socket-activation protocol is read strictly, as
-/// `sd_listen_fds(3)` does: the descriptors `3 .. 3+LISTEN_FDS` are taken
-/// only when `LISTEN_PID` is set and equals this process's pid; otherwise
-/// (the variables were inherited from an ancestor that was the addressee)
-/// the result is empty. `LISTEN_FDNAMES`, when set, must name every
-/// descriptor. When `LISTEN_FDS` is absent, Server::Starter's
+/// `sd_listen_fds(3)` does and [`baton_sd::listen_fds`] documents (the
+/// supervisor reads it the same way): the descriptors `3 .. 3+LISTEN_FDS`
+/// are taken only when `LISTEN_PID` is set and equals this process's pid;
+/// unset or another pid (the variables were inherited from an ancestor
+/// that was the addressee) gives an empty result, and a `LISTEN_PID` that
+/// is no pid at all is an error. `LISTEN_FDNAMES`, when set, must name
+/// every descriptor; a name that is unset or empty is `unknown`. When
+/// `LISTEN_FDS` is absent, Server::Starter's
 /// `SERVER_STARTER_PORT` (`host:port=fd;path=fd;...`) is read instead. With
 /// neither, the result is empty: bind a socket yourself then.
 ///
@@ -73,8 +76,7 @@ pub struct NamedListener {
 /// # Ok(()) }
 /// ```
 pub fn listeners() -> Result<Vec<NamedListener>, Error> {
-    let vars = env::Vars::from_process()?;
-    let plan = env::plan(&vars, std::process::id())?;
+    let plan = env::plan(|name| std::env::var_os(name), std::process::id())?;
     if plan.is_empty() {
         return Ok(Vec::new());
     }

@@ -1,10 +1,10 @@
 //! The sd_notify protocol: one datagram of `KEY=VALUE` lines to the unix
-//! socket named by `NOTIFY_SOCKET`.
+//! socket named by `NOTIFY_SOCKET`, sent by [`baton_sd::Notifier`] (the
+//! same code the supervisor uses towards systemd).
 
-use std::ffi::OsStr;
 use std::io;
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::net::{SocketAddr, UnixDatagram};
+
+use baton_sd::{Notifier, NotifyError};
 
 use crate::Error;
 
@@ -28,50 +28,48 @@ pub fn notify_ready() -> Result<(), Error> {
 /// datagram to the socket named by `NOTIFY_SOCKET`.
 ///
 /// `NOTIFY_SOCKET` may be a path (`/run/...`) or an abstract socket name
-/// (`@name`). When it is unset this does nothing and returns `Ok`. The
-/// variable is left in place, so several messages can be sent.
+/// (`@name`). When it is unset or empty this does nothing and returns `Ok`.
+/// The variable is left in place, so several messages can be sent.
 pub fn notify(state: &str) -> Result<(), Error> {
-    match std::env::var_os("NOTIFY_SOCKET") {
+    match Notifier::from_env().map_err(|e| error(state, e))? {
         None => Ok(()),
-        Some(socket) => notify_to(&socket, state),
+        Some(notifier) => notifier.send(state).map_err(|e| error(state, e)),
     }
 }
 
 /// Sends `state` to the socket `socket` names (a path or `@abstract`).
-pub(crate) fn notify_to(socket: &OsStr, state: &str) -> Result<(), Error> {
-    let fail = |source: io::Error| Error::Notify {
-        socket: socket.to_string_lossy().into_owned(),
-        state: state.to_owned(),
-        source,
-    };
-    let addr = address(socket).map_err(fail)?;
-    let sock = UnixDatagram::unbound().map_err(fail)?;
-    let sent = sock.send_to_addr(state.as_bytes(), &addr).map_err(fail)?;
-    if sent != state.len() {
-        return Err(fail(io::Error::new(
-            io::ErrorKind::WriteZero,
-            format!("sent {sent} of {} bytes", state.len()),
-        )));
-    }
-    Ok(())
+#[cfg(test)]
+fn notify_to(socket: &std::ffi::OsStr, state: &str) -> Result<(), Error> {
+    let notifier = Notifier::open(socket).map_err(|e| error(state, e))?;
+    notifier.send(state).map_err(|e| error(state, e))
 }
 
-fn address(socket: &OsStr) -> io::Result<SocketAddr> {
-    use std::os::linux::net::SocketAddrExt;
-    let bytes = socket.as_bytes();
-    match bytes.first() {
-        Some(b'@') => SocketAddr::from_abstract_name(&bytes[1..]),
-        Some(b'/') => SocketAddr::from_pathname(socket),
-        _ => Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "NOTIFY_SOCKET must be an absolute path or start with '@'",
-        )),
+/// The crate's error for a failed notification, naming socket and message.
+fn error(state: &str, error: NotifyError) -> Error {
+    let (socket, source) = match error {
+        NotifyError::BadAddress(socket) => (
+            socket,
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "NOTIFY_SOCKET must be an absolute path or start with '@'",
+            ),
+        ),
+        NotifyError::Socket { socket, source, .. } | NotifyError::Send { socket, source, .. } => {
+            (socket, source)
+        }
+    };
+    Error::Notify {
+        socket,
+        state: state.to_owned(),
+        source,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::ffi::OsStr;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
     use std::time::Duration;
 
     fn receive(sock: &UnixDatagram) -> String {

@@ -61,11 +61,9 @@ fn status_table(out: &mut String, s: &Status) {
     );
     let _ = writeln!(out, "\nLISTENERS");
     for l in &s.listeners {
-        let _ = writeln!(
-            out,
-            "  {:<12} {:<32} backlog {}",
-            l.name, l.address, l.backlog
-        );
+        // Unknown for a socket baton inherited: it never set the backlog.
+        let backlog = l.backlog.map_or("?".into(), |b| b.to_string());
+        let _ = writeln!(out, "  {:<12} {:<32} backlog {backlog}", l.name, l.address);
     }
     let _ = writeln!(
         out,
@@ -104,5 +102,30 @@ fn status_table(out: &mut String, s: &Status) {
         for r in s.reloads.iter().rev().take(10) {
             let _ = writeln!(out, "  {}", reload_line(r));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use baton_supervisor::status::ListenerStatus;
+
+    #[test]
+    fn an_unknown_backlog_shows_as_a_question_mark() {
+        let listener = |name: &str, backlog| ListenerStatus {
+            name: name.into(),
+            address: "127.0.0.1:8080".into(),
+            backlog,
+        };
+        let status = Status {
+            listeners: vec![listener("bound", Some(1024)), listener("inherited", None)],
+            ..Status::default()
+        };
+        let mut out = String::new();
+        status_table(&mut out, &status);
+        let lines: Vec<&str> = out.lines().filter(|l| l.contains("backlog")).collect();
+        assert_eq!(lines.len(), 2, "{out}");
+        assert!(lines[0].ends_with("backlog 1024"), "{out}");
+        assert!(lines[1].ends_with("backlog ?"), "{out}");
     }
 }

@@ -103,7 +103,8 @@ fn run(mut args: RunArgs) -> anyhow::Result<()> {
         tracing::info!(
             name = %listener.name(),
             addr = %listener.local_address(),
-            backlog = resolved.blueprint.bind.backlog,
+            // Not logged for an inherited socket: baton did not set it.
+            backlog = listener.backlog(),
             inherited = listener.is_inherited(),
             "listening"
         );
