@@ -47,7 +47,7 @@ use crate::guardian::Guardian;
 use crate::listeners::{self, Listener};
 use crate::machine::{Action, Event, Generation, Machine, ProcessExit, StopSignal};
 use crate::metrics::{self, Snapshot};
-use crate::notify::{Notification, NotifyDir, NotifyReceiver};
+use crate::readiness::{Notification, ReadinessDir, ReadinessSocket};
 use crate::spawn::{Role, SpawnRequest};
 use crate::status::{GenerationStatus, ListenerStatus, Status, Trigger};
 use crate::watch::{ChangeBatch, WatchError, Watcher};
@@ -61,7 +61,7 @@ const GROUP_CHECK_INTERVAL: Duration = Duration::from_millis(500);
 pub enum DriverError {
     /// The private directory for notify sockets could not be created.
     #[error("cannot create the directory for notify sockets: {0}")]
-    NotifyDir(io::Error),
+    ReadinessDir(io::Error),
     /// The watched paths cannot be watched.
     #[error("{0}")]
     Watch(WatchError),
@@ -82,8 +82,8 @@ pub struct Driver {
     blueprint: Blueprint,
     reloader: Option<Reloader>,
     /// Each live generation's notify socket; dropped when it is forgotten.
-    readiness: BTreeMap<Generation, NotifyReceiver>,
-    notify_dir: NotifyDir,
+    readiness: BTreeMap<Generation, ReadinessSocket>,
+    notify_dir: ReadinessDir,
     notes: mpsc::UnboundedSender<Notification>,
     notes_rx: mpsc::UnboundedReceiver<Notification>,
     control: Option<(std::os::unix::net::UnixListener, PathBuf)>,
@@ -128,7 +128,7 @@ impl Driver {
             blueprint: config.blueprint,
             reloader: config.reloader,
             readiness: BTreeMap::new(),
-            notify_dir: NotifyDir::new().map_err(DriverError::NotifyDir)?,
+            notify_dir: ReadinessDir::new().map_err(DriverError::ReadinessDir)?,
             notes,
             notes_rx,
             control_path: config.control.as_ref().map(|(_, path)| path.clone()),

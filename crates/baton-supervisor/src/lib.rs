@@ -5,8 +5,9 @@
 //! - [`listeners`]: parse listener specs, bind them or adopt inherited ones.
 //! - [`spawn`]: fork/exec a worker with its sockets at fds 3.. and `LISTEN_PID`.
 //! - [`machine`]: the reload state machine, pure.
-//! - [`driver`]: runs the machine on tokio.
-//! - [`notify`]: the per-generation `NOTIFY_SOCKET` receivers.
+//! - [`devloop`]: the dev loop's decisions (change, build, reload), pure.
+//! - [`driver`]: runs both machines on tokio and does the I/O they ask for.
+//! - [`readiness`]: the per-generation `NOTIFY_SOCKET` receivers.
 //! - [`guardian`]: kills every worker group if baton itself dies.
 //! - [`control`]: the control socket behind `baton ctl`.
 //! - [`status`]: what `status` reports, and the sampler of worker costs.
@@ -21,7 +22,7 @@ pub mod guardian;
 pub mod listeners;
 pub mod machine;
 pub mod metrics;
-pub mod notify;
+pub mod readiness;
 pub mod spawn;
 pub mod status;
 pub mod systemd;

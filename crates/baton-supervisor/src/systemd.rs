@@ -1,7 +1,7 @@
 //! baton's own side of the sd_notify protocol, towards systemd.
 //!
 //! This is not the per-generation `NOTIFY_SOCKET` baton gives its workers
-//! (see [`crate::notify`]): it is the socket systemd gave baton, when baton
+//! (see [`crate::readiness`]): it is the socket systemd gave baton, when baton
 //! runs as a `Type=notify` service. baton tells systemd when it is ready,
 //! when a reload starts and ends, what it is doing (`STATUS=`, shown by
 //! `systemctl status`), that it is stopping, that its event loop is alive

@@ -56,11 +56,11 @@ pub fn parse(generation: Generation, sender: Option<i32>, message: &[u8]) -> Not
 
 /// The private directory that holds every generation's notify socket.
 #[derive(Debug)]
-pub struct NotifyDir {
+pub struct ReadinessDir {
     dir: tempfile::TempDir,
 }
 
-impl NotifyDir {
+impl ReadinessDir {
     /// Create a mode-0700 directory under `$XDG_RUNTIME_DIR`, else the
     /// system temp directory; it is removed when this value drops.
     pub fn new() -> io::Result<Self> {
@@ -69,7 +69,7 @@ impl NotifyDir {
             .filter(|p| p.is_dir())
             .unwrap_or_else(std::env::temp_dir);
         let dir = tempfile::Builder::new().prefix("baton-").tempdir_in(base)?;
-        Ok(NotifyDir { dir })
+        Ok(ReadinessDir { dir })
     }
 
     /// Bind the notify socket of `generation` and forward every message on
@@ -78,32 +78,32 @@ impl NotifyDir {
         &self,
         generation: Generation,
         sink: mpsc::UnboundedSender<Notification>,
-    ) -> io::Result<NotifyReceiver> {
+    ) -> io::Result<ReadinessSocket> {
         let path = self.dir.path().join(format!("gen-{generation}.sock"));
         let _ = std::fs::remove_file(&path);
         let socket = UnixDatagram::bind(&path)?;
         socket::setsockopt(&socket, sockopt::PassCred, &true).map_err(io::Error::from)?;
         let task = tokio::spawn(receive(socket, generation, sink));
-        Ok(NotifyReceiver { path, task })
+        Ok(ReadinessSocket { path, task })
     }
 }
 
 /// One generation's notify socket; dropping it stops listening and removes
 /// the socket file.
 #[derive(Debug)]
-pub struct NotifyReceiver {
+pub struct ReadinessSocket {
     path: PathBuf,
     task: JoinHandle<()>,
 }
 
-impl NotifyReceiver {
+impl ReadinessSocket {
     /// The path to give the worker as `NOTIFY_SOCKET`.
     pub fn path(&self) -> &Path {
         &self.path
     }
 }
 
-impl Drop for NotifyReceiver {
+impl Drop for ReadinessSocket {
     fn drop(&mut self) {
         self.task.abort();
         let _ = std::fs::remove_file(&self.path);
@@ -173,7 +173,7 @@ mod tests {
 
     #[tokio::test]
     async fn each_generation_hears_only_its_own_socket() {
-        let dir = NotifyDir::new().unwrap();
+        let dir = ReadinessDir::new().unwrap();
         let (tx, mut rx) = mpsc::unbounded_channel();
         let one = dir.listen(1, tx.clone()).unwrap();
         let two = dir.listen(2, tx).unwrap();
