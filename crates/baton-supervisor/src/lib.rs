@@ -8,6 +8,7 @@
 //! - [`devloop`]: the dev loop's decisions (change, build, reload), pure.
 //! - [`driver`]: runs both machines on tokio and does the I/O they ask for.
 //! - [`readiness`]: the per-generation `NOTIFY_SOCKET` receivers.
+//! - [`fdlimit`]: baton's descriptor limit, raised, and its workers', restored.
 //! - [`guardian`]: kills every worker group if baton itself dies.
 //! - [`control`]: the control socket behind `baton ctl`.
 //! - [`status`]: what `status` reports, and the sampler of worker costs.
@@ -18,6 +19,7 @@
 pub mod control;
 pub mod devloop;
 pub mod driver;
+pub mod fdlimit;
 pub mod guardian;
 pub mod listeners;
 pub mod machine;

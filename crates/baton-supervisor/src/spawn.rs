@@ -37,6 +37,14 @@ pub enum SpawnError {
     /// The program is not in `PATH`, or not an executable file.
     #[error("command '{0}' not found (not an executable file, nor in PATH)")]
     NotFound(String),
+    /// The working directory is not a directory baton can enter.
+    #[error("workdir {path}: {reason}")]
+    Workdir {
+        /// The directory.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A string holds a NUL byte and cannot be passed to exec.
     #[error("'{0}' contains a NUL byte")]
     Nul(String),
@@ -110,6 +118,21 @@ pub struct SpawnRequest<'a> {
 /// Find the program the way `execvp` would, but in the parent, so that a
 /// missing program is a clear error instead of a child that exits 127.
 pub fn resolve_program(program: &OsStr, cwd: Option<&Path>) -> Result<PathBuf, SpawnError> {
+    // A relative program is looked up in the workdir: a missing workdir
+    // must be named as such, not as a missing program.
+    if let Some(cwd) = cwd {
+        let reason = match std::fs::metadata(cwd) {
+            Ok(m) if m.is_dir() => None,
+            Ok(_) => Some("not a directory".to_owned()),
+            Err(e) => Some(e.to_string()),
+        };
+        if let Some(reason) = reason {
+            return Err(SpawnError::Workdir {
+                path: cwd.to_owned(),
+                reason,
+            });
+        }
+    }
     let not_found = || SpawnError::NotFound(program.to_string_lossy().into_owned());
     let candidate = Path::new(program);
     if program.as_bytes().contains(&b'/') {
@@ -176,6 +199,8 @@ struct PreparedExec {
     dev_null: OwnedFd,
     output: Option<OwnedFd>,
     empty_mask: libc::sigset_t,
+    /// The descriptor limit baton was started with, if it raised its own.
+    nofile: Option<libc::rlimit>,
     /// baton's pid, to tell whether it died before the child armed
     /// `PR_SET_PDEATHSIG`.
     parent: libc::pid_t,
@@ -258,6 +283,7 @@ impl PreparedExec {
             dev_null,
             output,
             empty_mask,
+            nofile: crate::fdlimit::for_children(),
             // SAFETY: getpid has no preconditions.
             parent: unsafe { libc::getpid() },
         })
@@ -316,6 +342,11 @@ impl PreparedExec {
                 libc::CLOSE_RANGE_CLOEXEC,
             );
             let _ = error_pipe;
+            if let Some(nofile) = &self.nofile
+                && libc::setrlimit(libc::RLIMIT_NOFILE, nofile) != 0
+            {
+                return (STAGE_SETUP, errno());
+            }
             if let Some(cwd) = &self.cwd
                 && libc::chdir(cwd.as_ptr()) != 0
             {
@@ -481,5 +512,10 @@ mod tests {
         );
         // A directory or a file without an x bit is not a program.
         assert!(resolve_program(OsStr::new("/tmp/"), None).is_err());
+        let err = resolve_program(OsStr::new("sh"), Some(Path::new("/no/such/dir"))).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "workdir /no/such/dir: No such file or directory (os error 2)"
+        );
     }
 }

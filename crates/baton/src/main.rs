@@ -5,6 +5,7 @@ mod cli;
 mod config;
 mod ctl_output;
 mod env;
+mod logging;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -12,9 +13,10 @@ use std::process::ExitCode;
 use anyhow::Context;
 use baton_supervisor::control;
 use baton_supervisor::driver::{Config, Driver, Reloader};
+use baton_supervisor::fdlimit;
 use baton_supervisor::guardian::Guardian;
 use baton_supervisor::listeners;
-use baton_supervisor::spawn::resolve_program;
+use baton_supervisor::spawn::{SpawnError, resolve_program};
 use baton_supervisor::systemd::SystemdNotifier;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
@@ -24,36 +26,60 @@ use crate::config::ConfigError;
 
 fn main() -> ExitCode {
     let cli = cli::parse();
-    init_logging(cli.log_format, &cli.log_level);
+    // Forked while baton has one thread: before the log thread and the
+    // runtime exist.
+    let guardian = matches!(cli.command, Command::Run(_)).then(Guardian::start);
+    let log = init_logging(cli.log_format, &cli.log_level);
     let result = match cli.command {
-        Command::Run(args) => run(*args).map(|()| ExitCode::SUCCESS),
+        Command::Run(args) => run(*args, guardian).map(|()| ExitCode::SUCCESS),
         Command::Ctl(args) => ctl(args),
         Command::Check(args) => check(args).map(|()| ExitCode::SUCCESS),
     };
-    match result {
+    let code = match result {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("baton: error: {error:#}");
+            logging::print(&format!("baton: error: {}", describe(&error)));
             ExitCode::FAILURE
         }
-    }
+    };
+    drop(log);
+    code
 }
 
-fn init_logging(format: LogFormat, level: &str) {
+/// An error and its causes on one line, each cause once: many errors
+/// already include their source's text in their own.
+fn describe(error: &anyhow::Error) -> String {
+    let mut text = error.to_string();
+    for cause in error.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
+}
+
+fn init_logging(format: LogFormat, level: &str) -> logging::LogGuard {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let (writer, guard) = logging::stderr();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_target(false);
     match format {
         LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
     }
+    guard
 }
 
 /// `baton run`: everything that can fail on bad input fails here, before a
 /// single process starts.
-fn run(mut args: RunArgs) -> anyhow::Result<()> {
+fn run(mut args: RunArgs, guardian: Option<std::io::Result<Guardian>>) -> anyhow::Result<()> {
+    let guardian = guardian
+        .transpose()
+        .context("cannot start the guardian process")?;
     // First: systemd's variables describe this process only until baton
     // changes anything, and inherited sockets get FD_CLOEXEC at once.
     let inherited = listeners::inherited_from_env()?;
@@ -86,9 +112,18 @@ fn run(mut args: RunArgs) -> anyhow::Result<()> {
             dev.watch.also_ignore.push(std::path::absolute(path)?);
         }
     }
-    // With a build step the program may not exist before the first build.
-    if resolved.dev.as_ref().is_none_or(|d| d.build.is_none()) {
-        program?;
+    check_command(&resolved)?;
+    let limits = fdlimit::raise().context("cannot read the open files limit (RLIMIT_NOFILE)")?;
+    fdlimit::check(
+        limits,
+        resolved.blueprint.listeners.len().max(inherited.len()),
+    )?;
+    if limits.now != limits.original {
+        tracing::debug!(
+            baton = limits.now,
+            workers = limits.original,
+            "open files limit raised (workers keep the original)"
+        );
     }
     let bound = listeners::resolve(
         &resolved.blueprint.listeners,
@@ -144,17 +179,29 @@ fn run(mut args: RunArgs) -> anyhow::Result<()> {
         systemd,
         dev: resolved.dev,
     };
-    // Forked while baton has one thread: before the runtime exists.
-    let guardian = Guardian::start().context("cannot start the guardian process")?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the tokio runtime")?;
     runtime.block_on(async {
-        let driver = Driver::new(config, Some(guardian))?;
+        let driver = Driver::new(config, guardian)?;
         driver.run().await
     })?;
     Ok(())
+}
+
+/// The worker's workdir and program exist; with a build step the program
+/// may not exist before the first build.
+fn check_command(resolved: &config::Resolved) -> Result<(), SpawnError> {
+    let command = &resolved.blueprint.command;
+    match resolve_program(&command.program, command.cwd.as_deref()) {
+        Err(SpawnError::NotFound(_))
+            if resolved.dev.as_ref().is_some_and(|d| d.build.is_some()) =>
+        {
+            Ok(())
+        }
+        other => other.map(drop),
+    }
 }
 
 /// Exit 2 with a one-line error and clap's usage hint.
@@ -176,7 +223,9 @@ fn check(args: CheckArgs) -> anyhow::Result<()> {
     };
     env::fill(&mut run, |name| std::env::var_os(name))?;
     let resolved = config::resolve_with_file(&run, false)?;
-    println!("{}", config::render(&resolved));
+    // What `run` would refuse at start, `check` refuses too.
+    check_command(&resolved)?;
+    stdout(&format!("{}\n", config::render(&resolved)));
     Ok(())
 }
 
@@ -203,13 +252,19 @@ fn ctl(args: CtlArgs) -> anyhow::Result<ExitCode> {
     };
     let response = control::request(&path, command)?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&response)?);
+        stdout(&format!("{}\n", serde_json::to_string_pretty(&response)?));
     } else {
-        print!("{}", ctl_output::render(&response));
+        stdout(&ctl_output::render(&response));
     }
     Ok(if response.ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// Print to stdout; a reader gone away (`| head`) is not a panic.
+fn stdout(text: &str) {
+    use std::io::Write;
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
 }
