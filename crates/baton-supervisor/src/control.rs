@@ -19,6 +19,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{Notify, mpsc, oneshot};
 
+use crate::accept::{AcceptErrors, Slots};
 use crate::status::{ReloadRecord, Status};
 
 /// The protocol version this baton speaks.
@@ -26,6 +27,14 @@ pub const VERSION: u32 = 1;
 
 /// The longest request line accepted, in bytes.
 pub const MAX_REQUEST: usize = 64 * 1024;
+
+/// The most control connections open at once; one more is answered with
+/// an error and closed.
+pub const MAX_CONNECTIONS: usize = 32;
+
+/// A connection that sends no request for this long is closed (one
+/// waiting for its answer, a reload's outcome above all, is not idle).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// What went wrong with the control socket.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +44,11 @@ pub enum ControlError {
         "another baton is already running with control socket {0}: stop it, or give this one another --name or --control"
     )]
     InUse(PathBuf),
+    /// The socket file exists but nobody answers on it.
+    #[error(
+        "no baton answers on control socket {0}: the file is stale (the baton that made it is gone); start baton again, or remove the file"
+    )]
+    Stale(PathBuf),
     /// No control socket could be found for `baton ctl`.
     #[error("{0}")]
     NotFound(String),
@@ -254,14 +268,37 @@ pub async fn serve(
             return;
         }
     };
+    let slots = Slots::new(MAX_CONNECTIONS);
+    let mut errors = AcceptErrors::new("control");
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
-                tokio::spawn(connection(stream, requests.clone(), in_flight.clone()));
+                errors.succeeded();
+                let Some(slot) = slots.take() else {
+                    refuse_busy(&stream);
+                    continue;
+                };
+                let (requests, in_flight) = (requests.clone(), in_flight.clone());
+                tokio::spawn(async move {
+                    connection(stream, requests, in_flight).await;
+                    drop(slot);
+                });
             }
-            Err(error) => tracing::warn!(%error, "control socket: accept failed"),
+            Err(error) => errors.failed(error).await,
         }
     }
+}
+
+/// Answer a connection beyond [`MAX_CONNECTIONS`] without waiting for it,
+/// then close it.
+fn refuse_busy(stream: &UnixStream) {
+    let response = Response::error(format!(
+        "too many control connections (the limit is {MAX_CONNECTIONS}): try again later"
+    ));
+    let mut line = serde_json::to_vec(&response).expect("a response serializes");
+    line.push(b'\n');
+    // A fresh socket's buffer takes one line; if not, closing says enough.
+    let _ = stream.try_write(&line);
 }
 
 /// Whether a peer may talk to baton: the same uid, or root.
@@ -293,9 +330,17 @@ async fn connection(
     }
     let mut reader = BufReader::new(read);
     loop {
-        let line = match read_line(&mut reader).await {
-            Ok(Some(line)) => line,
-            Ok(None) | Err(_) => return,
+        let line = match tokio::time::timeout(IDLE_TIMEOUT, read_line(&mut reader)).await {
+            Ok(Ok(Some(line))) => line,
+            Ok(Ok(None) | Err(_)) => return,
+            Err(_idle) => {
+                let idle = Response::error(format!(
+                    "closing the connection: no request for {} s",
+                    IDLE_TIMEOUT.as_secs()
+                ));
+                let _ = send(&mut write, &idle).await;
+                return;
+            }
         };
         let _answering = in_flight.begin();
         let response = match line {
@@ -384,10 +429,14 @@ async fn call(requests: &mpsc::Sender<ControlRequest>, command: Command) -> Resp
         .unwrap_or_else(|_| Response::error("baton is shutting down"))
 }
 
+/// Write one response; a client that reads nothing for [`IDLE_TIMEOUT`]
+/// loses its connection rather than hold it forever.
 async fn send(write: &mut tokio::net::unix::OwnedWriteHalf, response: &Response) -> io::Result<()> {
     let mut line = serde_json::to_vec(response).expect("a response serializes");
     line.push(b'\n');
-    write.write_all(&line).await
+    tokio::time::timeout(IDLE_TIMEOUT, write.write_all(&line))
+        .await
+        .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
 }
 
 /// The client side: send one command, wait for its response (a reload
@@ -398,7 +447,13 @@ pub fn request(path: &Path, command: Command) -> Result<Response, ControlError> 
         path: path.to_owned(),
         source,
     };
-    let mut stream = StdUnixStream::connect(path).map_err(io_err)?;
+    let mut stream = StdUnixStream::connect(path).map_err(|e| {
+        if e.kind() == io::ErrorKind::ConnectionRefused && path.exists() {
+            ControlError::Stale(path.to_owned())
+        } else {
+            io_err(e)
+        }
+    })?;
     let mut line = serde_json::to_vec(&Request {
         v: VERSION,
         cmd: command,
@@ -458,6 +513,80 @@ mod tests {
         assert_eq!(read_line(&mut reader).await.unwrap(), None);
     }
 
+    /// A control server on a fresh socket; the receiver plays the driver.
+    fn server(dir: &Path) -> (PathBuf, mpsc::Receiver<ControlRequest>) {
+        let path = dir.join("c.sock");
+        let listener = bind(&path, 0o600).unwrap();
+        let (requests, driver) = mpsc::channel(64);
+        tokio::spawn(serve(listener, requests, InFlight::default()));
+        (path, driver)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_connection_is_closed_and_one_waiting_for_its_answer_is_not() {
+        use tokio::io::AsyncReadExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (path, mut driver) = server(dir.path());
+        let start = tokio::time::Instant::now();
+        let mut idle = UnixStream::connect(&path).await.unwrap();
+        let mut waiting = UnixStream::connect(&path).await.unwrap();
+        waiting
+            .write_all(b"{\"v\":1,\"cmd\":\"reload\"}\n")
+            .await
+            .unwrap();
+        let reload = driver.recv().await.unwrap();
+        let mut said = String::new();
+        idle.read_to_string(&mut said).await.unwrap();
+        assert!(said.contains("no request for 60 s"), "{said}");
+        assert!(start.elapsed() >= IDLE_TIMEOUT);
+        // Long past the idle timeout, the reload's answer still arrives.
+        tokio::time::sleep(IDLE_TIMEOUT * 2).await;
+        reload.reply.send(Response::ok()).unwrap();
+        let mut answer = String::new();
+        BufReader::new(&mut waiting)
+            .read_line(&mut answer)
+            .await
+            .unwrap();
+        assert_eq!(answer, "{\"v\":1,\"ok\":true}\n");
+    }
+
+    #[tokio::test]
+    async fn connections_beyond_the_cap_are_answered_and_closed() {
+        use tokio::io::AsyncReadExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (path, mut driver) = server(dir.path());
+        let mut held = Vec::new();
+        for _ in 0..MAX_CONNECTIONS {
+            held.push(UnixStream::connect(&path).await.unwrap());
+        }
+        let mut refused = String::new();
+        let mut extra = UnixStream::connect(&path).await.unwrap();
+        extra.read_to_string(&mut refused).await.unwrap();
+        assert!(
+            refused.contains("too many control connections"),
+            "{refused}"
+        );
+        // A slot freed is a slot taken again, once baton has seen the
+        // connection close.
+        drop(held.pop());
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let stop = loop {
+            let mut again = UnixStream::connect(&path).await.unwrap();
+            again
+                .write_all(b"{\"v\":1,\"cmd\":\"stop\"}\n")
+                .await
+                .unwrap();
+            tokio::select! {
+                request = driver.recv() => break request.unwrap(),
+                _ = again.read_to_string(&mut refused) => {
+                    assert!(tokio::time::Instant::now() < deadline, "no slot came back");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        };
+        assert_eq!(stop.command, Command::Stop);
+    }
+
     #[tokio::test]
     async fn a_live_socket_is_refused_and_a_stale_one_replaced() {
         let dir = tempfile::tempdir().unwrap();
@@ -469,6 +598,12 @@ mod tests {
         );
         assert!(matches!(bind(&path, 0o600), Err(ControlError::InUse(_))));
         drop(live);
+        let stale = request(&path, Command::Status).unwrap_err().to_string();
+        assert!(
+            stale.starts_with("no baton answers on control socket"),
+            "{stale}"
+        );
+        assert!(stale.contains("stale"), "{stale}");
         bind(&path, 0o600).expect("a stale socket file is replaced");
     }
 }

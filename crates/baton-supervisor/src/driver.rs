@@ -22,6 +22,7 @@ mod ledger;
 mod observe;
 mod processes;
 mod sampling;
+mod status_lines;
 
 pub use self::blueprint::{Blueprint, Config, Reloader};
 pub use self::ledger::ReloadLedger;
@@ -98,6 +99,7 @@ pub struct Driver {
     usage: watch::Receiver<Usages>,
     started: Instant,
     interrupts: u32,
+    status_lines: status_lines::StatusLines,
 }
 
 impl std::fmt::Debug for Driver {
@@ -145,6 +147,7 @@ impl Driver {
             usage,
             started: Instant::now(),
             interrupts: 0,
+            status_lines: Default::default(),
         })
     }
 
@@ -261,6 +264,13 @@ impl Driver {
                     Action::Forget { generation } => {
                         self.processes.forget(generation);
                         self.readiness.remove(&generation);
+                        if let Some(suppressed) = self.status_lines.forget(generation) {
+                            tracing::info!(
+                                generation,
+                                suppressed,
+                                "worker status lines suppressed"
+                            );
+                        }
                     }
                     Action::Notice(notice) => {
                         let outcome = self.observer.observe(notice, &self.processes);
@@ -387,11 +397,17 @@ impl Driver {
         }
     }
 
-    fn on_notification(&self, note: Notification) -> Vec<Event> {
+    fn on_notification(&mut self, note: Notification) -> Vec<Event> {
         let generation = note.generation;
         let sender = note.sender.unwrap_or(0);
         if let Some(status) = &note.status {
-            tracing::info!(generation, sender, %status, "worker status");
+            let admit = self.status_lines.admit(generation, Instant::now());
+            if let Some(suppressed) = admit.suppressed {
+                tracing::info!(generation, suppressed, "worker status lines suppressed");
+            }
+            if admit.show {
+                tracing::info!(generation, sender, %status, "worker status");
+            }
         }
         if !note.ready {
             return Vec::new();
@@ -468,8 +484,13 @@ impl Driver {
         if ok {
             tracing::info!(pid, "build ok");
         } else {
-            let serving = self.machine.active().unwrap_or(0);
-            tracing::error!(pid, %status, failures = dev.failures() + 1, "build failed: generation {serving} keeps serving");
+            let failures = dev.failures() + 1;
+            match self.machine.active() {
+                Some(serving) => {
+                    tracing::error!(pid, %status, failures, "build failed: generation {serving} keeps serving")
+                }
+                None => tracing::error!(pid, %status, failures, "build failed: nothing serves yet"),
+            }
         }
         let next = dev.on_build_done(ok, Instant::now());
         self.on_dev(next)

@@ -10,12 +10,14 @@
 //! - [`readiness`]: the per-generation `NOTIFY_SOCKET` receivers.
 //! - [`fdlimit`]: baton's descriptor limit, raised, and its workers', restored.
 //! - [`guardian`]: kills every worker group if baton itself dies.
+//! - [`accept`]: what the control and metrics servers do when `accept` fails, and their connection caps.
 //! - [`control`]: the control socket behind `baton ctl`.
 //! - [`status`]: what `status` reports, and the sampler of worker costs.
 //! - [`metrics`]: Prometheus metrics and `/status` over HTTP.
 //! - [`watch`]: file watching for the dev loop: per-directory inotify watches, ignores, a quiet-period debounce.
 //! - [`systemd`]: baton's own sd_notify towards systemd (READY, RELOADING, STATUS, fd store).
 
+pub mod accept;
 pub mod control;
 pub mod devloop;
 pub mod driver;

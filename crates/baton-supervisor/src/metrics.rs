@@ -11,9 +11,10 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::sync::watch;
 
+use crate::accept::{AcceptErrors, Slots};
 use crate::status::Status;
 
 /// Bucket bounds, in seconds, shared by the duration histograms.
@@ -157,8 +158,20 @@ pub async fn serve(listener: std::net::TcpListener, snapshots: watch::Receiver<A
             return;
         }
     };
+    let slots = Slots::new(MAX_CONNECTIONS);
+    let mut errors = AcceptErrors::new("metrics");
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(error) => {
+                errors.failed(error).await;
+                continue;
+            }
+        };
+        errors.succeeded();
+        let Some(slot) = slots.take() else {
+            // Without waiting: a fresh socket's buffer takes it.
+            let _ = stream.try_write(BUSY);
             continue;
         };
         let snapshots = snapshots.clone();
@@ -167,12 +180,26 @@ pub async fn serve(listener: std::net::TcpListener, snapshots: watch::Receiver<A
                 let snapshot = snapshots.borrow().clone();
                 async move { Ok::<_, Infallible>(answer(&request, &snapshot)) }
             });
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+            // HTTP/1 only: hyper-util's protocol detection runs without
+            // a timer, so a client that sends nothing would be kept.
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
+            drop(slot);
         });
     }
 }
+
+/// The most metrics connections open at once; one more gets a 503.
+pub const MAX_CONNECTIONS: usize = 16;
+
+/// How long a client may take to send a request's head, and may stay
+/// idle between requests, before its connection is closed.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\ncontent-length: 30\r\n\r\ntoo many metrics connections\r\n";
 
 fn answer(request: &Request<Incoming>, snapshot: &Snapshot) -> Response<Full<Bytes>> {
     let (content_type, body) = match (request.method(), request.uri().path()) {

@@ -139,6 +139,9 @@ pub enum Failure {
     Exited(ProcessExit),
     /// It was not ready within the ready timeout.
     NotReady(Duration),
+    /// It was to send `READY=1` (`--ready notify`) and sent nothing within
+    /// the ready timeout.
+    NeverNotified(Duration),
 }
 
 impl fmt::Display for Failure {
@@ -147,6 +150,10 @@ impl fmt::Display for Failure {
             Failure::SpawnFailed(error) => write!(f, "could not start: {error}"),
             Failure::Exited(status) => write!(f, "exited before ready ({status})"),
             Failure::NotReady(timeout) => write!(f, "not ready within {timeout:?}"),
+            Failure::NeverNotified(timeout) => write!(
+                f,
+                "not ready within {timeout:?}: no READY=1 arrived on its NOTIFY_SOCKET; does it support sd_notify? try --ready delay=1s"
+            ),
         }
     }
 }

@@ -311,7 +311,11 @@ impl Machine {
                 } if *ready_by <= now => {
                     let reloads = std::mem::take(reloads);
                     self.kill(generation, None, step);
-                    let failure = Failure::NotReady(self.settings.ready_timeout);
+                    let timeout = self.settings.ready_timeout;
+                    let failure = match self.settings.readiness {
+                        Readiness::Notify => Failure::NeverNotified(timeout),
+                        Readiness::Delay(_) => Failure::NotReady(timeout),
+                    };
                     self.start_failed(generation, failure, reloads, step);
                 }
                 Phase::Active { stable_at } => {

@@ -386,7 +386,7 @@ fn a_new_generation_that_misses_its_ready_deadline_is_killed() {
             Action::Kill { generation: 2 },
             Action::Notice(Notice::StartFailed {
                 generation: 2,
-                failure: Failure::NotReady(60 * SECOND),
+                failure: Failure::NeverNotified(60 * SECOND),
                 active: Some(1),
                 reloads: vec![id],
                 reload_follows: false,
@@ -778,7 +778,7 @@ fn new_settings_apply_to_the_next_generation() {
     assert!(matches!(
         notices(&actions)[..],
         [Notice::StartFailed {
-            failure: Failure::NotReady(t),
+            failure: Failure::NeverNotified(t),
             ..
         }] if *t == 5 * SECOND
     ));
@@ -794,6 +794,34 @@ fn backoff_delays_double_and_saturate() {
     assert_eq!(b.delay(8), Duration::from_millis(6400));
     assert_eq!(b.delay(9), 10 * SECOND);
     assert_eq!(b.delay(u32::MAX), 10 * SECOND);
+}
+
+#[test]
+fn a_worker_that_never_notifies_is_told_what_to_try() {
+    let text = Failure::NeverNotified(5 * SECOND).to_string();
+    assert!(
+        text.starts_with("not ready within 5s: no READY=1 arrived"),
+        "{text}"
+    );
+    assert!(text.contains("try --ready delay=1s"), "{text}");
+    // A delay longer than the timeout has nothing to do with sd_notify.
+    let mut h = Harness::serving(Settings {
+        readiness: Readiness::Delay(10 * SECOND),
+        ready_timeout: 5 * SECOND,
+        ..notify_settings()
+    });
+    h.reload_request();
+    let actions = h.advance(5 * SECOND);
+    assert!(
+        matches!(
+            notices(&actions)[..],
+            [Notice::StartFailed {
+                failure: Failure::NotReady(_),
+                ..
+            }]
+        ),
+        "{actions:?}"
+    );
 }
 
 #[test]
