@@ -21,6 +21,7 @@ mod build;
 mod ledger;
 mod observe;
 mod processes;
+mod reread;
 mod sampling;
 mod status_lines;
 
@@ -82,6 +83,7 @@ pub struct Driver {
     listeners: Vec<Listener>,
     blueprint: Blueprint,
     reloader: Option<Reloader>,
+    rereads: reread::Rereads,
     /// Each live generation's notify socket; dropped when it is forgotten.
     readiness: BTreeMap<Generation, ReadinessSocket>,
     notify_dir: ReadinessDir,
@@ -129,6 +131,7 @@ impl Driver {
             listeners: config.listeners,
             blueprint: config.blueprint,
             reloader: config.reloader,
+            rereads: Default::default(),
             readiness: BTreeMap::new(),
             notify_dir: ReadinessDir::new().map_err(DriverError::ReadinessDir)?,
             notes,
@@ -190,6 +193,7 @@ impl Driver {
             let dev_deadline = self.dev.as_ref().and_then(|(d, _)| d.poll_timeout());
             events = tokio::select! {
                 batch = next_batch(&mut self.watcher) => self.on_changes(batch),
+                (waiting, read) = self.rereads.done() => self.on_reread(waiting, read),
                 _ = sleep_until(dev_deadline) => self.dev_timeout(),
                 _ = sleep_until(machine_deadline) => vec![Event::Timeout],
                 _ = tick(&mut watchdog) => {
@@ -342,26 +346,42 @@ impl Driver {
             return vec![Event::ReloadRequested { id }];
         }
         self.observer.reload_requested(id, trigger);
-        match self.reread_blueprint() {
-            Ok(settings) => settings
-                .into_iter()
-                .chain([Event::ReloadRequested { id }])
-                .collect(),
+        match &self.reloader {
+            Some(reloader) => {
+                self.rereads.request(reloader, id, trigger);
+                Vec::new()
+            }
+            None => vec![Event::ReloadRequested { id }],
+        }
+    }
+
+    /// The config file was re-read for `waiting`: apply it and tell the
+    /// machine, or fail them all.
+    fn on_reread(&mut self, waiting: reread::Waiting, read: reread::Read) -> Vec<Event> {
+        if let Some(reloader) = &self.reloader {
+            self.rereads.start(reloader);
+        }
+        let requested = waiting.iter().map(|&(id, _)| Event::ReloadRequested { id });
+        // The machine answers requests during shutdown; a new listener
+        // would be wasted.
+        if self.machine.shutting_down() {
+            return requested.collect();
+        }
+        match read.and_then(|blueprint| self.apply_blueprint(blueprint)) {
+            Ok(settings) => std::iter::once(settings).chain(requested).collect(),
             Err(reason) => {
-                let outcome = self.observer.reload_rejected(id, trigger, &reason);
-                self.watch_reload_done(outcome);
+                for (id, trigger) in waiting {
+                    let outcome = self.observer.reload_rejected(id, trigger, &reason);
+                    self.watch_reload_done(outcome);
+                }
                 Vec::new()
             }
         }
     }
 
-    /// Re-read the config (if any) and apply what the next generation
-    /// sees; returns the machine's new settings.
-    fn reread_blueprint(&mut self) -> Result<Option<Event>, String> {
-        let Some(reloader) = &mut self.reloader else {
-            return Ok(None);
-        };
-        let blueprint = reloader()?;
+    /// Apply what the next generation sees; returns the machine's new
+    /// settings.
+    fn apply_blueprint(&mut self, blueprint: Blueprint) -> Result<Event, String> {
         let current = &self.blueprint.listeners;
         if blueprint.listeners.len() < current.len()
             || blueprint.listeners[..current.len()] != current[..]
@@ -378,7 +398,7 @@ impl Driver {
         self.listeners.extend(bound);
         let settings = blueprint.settings.clone();
         self.blueprint = blueprint;
-        Ok(Some(Event::SettingsChanged(settings)))
+        Ok(Event::SettingsChanged(settings))
     }
 
     fn on_control(&mut self, request: ControlRequest) -> Vec<Event> {

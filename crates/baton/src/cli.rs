@@ -25,8 +25,9 @@ pub struct Cli {
     /// Log format.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
-    /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
-    #[arg(long, global = true, default_value = "info")]
+    /// Log level (off, error, warn, info, debug, trace), or TARGET=LEVEL
+    /// directives separated by commas; RUST_LOG overrides it.
+    #[arg(long, global = true, default_value = "info", value_parser = parse_log_level)]
     pub log_level: String,
     /// What to do.
     #[command(subcommand)]
@@ -80,7 +81,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "notify|delay=DURATION", value_parser = parse_readiness)]
     pub ready: Option<Readiness>,
     /// How long a new worker may take to become ready.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = parse_timeout)]
     pub ready_timeout: Option<Duration>,
     /// The signal that asks a worker to drain and exit.
     #[arg(long, value_name = "SIGNAL", value_parser = parse_signal)]
@@ -127,9 +128,11 @@ pub struct RunArgs {
     /// it. SIGHUP and `ctl reload` never wait.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub min_interval: Option<Duration>,
-    /// The worker's command and its arguments.
+    /// The worker's command and its arguments: after `--`, or from the
+    /// first argument that does not start with `-` (so that a misspelled
+    /// option is an error, not the command).
     /// (Checked by hand, not by clap: clap's "required" error spans lines.)
-    #[arg(value_name = "COMMAND", num_args = 1.., trailing_var_arg = true, allow_hyphen_values = true)]
+    #[arg(value_name = "COMMAND", num_args = 1.., trailing_var_arg = true)]
     pub command: Vec<OsString>,
 }
 
@@ -229,6 +232,39 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .checked_mul(unit_ms)
         .map(Duration::from_millis)
         .ok_or_else(expected)
+}
+
+/// A duration that is not zero: `--ready-timeout` (a worker cannot be
+/// ready in no time).
+pub fn parse_timeout(text: &str) -> Result<Duration, String> {
+    match parse_duration(text)? {
+        Duration::ZERO => Err("expected a duration above zero, like 500ms, 2s or 1m".to_owned()),
+        duration => Ok(duration),
+    }
+}
+
+/// The levels `--log-level` takes.
+pub const LOG_LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+
+/// `info`, or `TARGET=LEVEL` directives separated by commas: a misspelled
+/// level would otherwise read as a target and silence every line.
+pub fn parse_log_level(text: &str) -> Result<String, String> {
+    let valid = |level: &str| LOG_LEVELS.contains(&level.to_ascii_lowercase().as_str());
+    let ok = !text.is_empty()
+        && text
+            .split(',')
+            .all(|directive| match directive.split_once('=') {
+                Some((target, level)) => !target.is_empty() && valid(level),
+                None => valid(directive),
+            });
+    if ok {
+        Ok(text.to_owned())
+    } else {
+        Err(format!(
+            "expected a level: {} (or TARGET=LEVEL, separated by commas)",
+            LOG_LEVELS.join(", ")
+        ))
+    }
 }
 
 /// A whole number of at least 1: `--backlog`, `--max-draining`.
@@ -331,6 +367,68 @@ mod tests {
         for bad in ["", "5", "s", "1.5s", "-1s", "2 s", "3d"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_ready_timeout_of_zero_is_refused() {
+        assert_eq!(parse_timeout("2s"), Ok(Duration::from_secs(2)));
+        for zero in ["0", "0s", "0ms"] {
+            assert!(
+                parse_timeout(zero).unwrap_err().contains("above zero"),
+                "{zero}"
+            );
+        }
+        let err = Cli::try_parse_from(["baton", "run", "--ready-timeout", "0"]).unwrap_err();
+        assert!(err.to_string().contains("above zero"), "{err}");
+    }
+
+    #[test]
+    fn log_levels_are_checked() {
+        for good in ["info", "WARN", "off", "baton=debug", "info,hyper=warn"] {
+            assert_eq!(parse_log_level(good), Ok(good.to_owned()));
+        }
+        for bad in ["warnn", "", "info,", "=debug", "baton=loud"] {
+            let err = parse_log_level(bad).unwrap_err();
+            assert!(
+                err.contains("error, warn, info, debug, trace"),
+                "{bad}: {err}"
+            );
+        }
+        let err =
+            Cli::try_parse_from(["baton", "--log-level", "warnn", "ctl", "status"]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        assert!(err.to_string().contains("'warnn'"), "{err}");
+    }
+
+    #[test]
+    fn a_misspelled_option_is_not_the_command() {
+        let err = Cli::try_parse_from(["baton", "run", "-l", ":0", "--ready-timout", "5s", "app"])
+            .unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        let text = err.to_string();
+        assert!(
+            text.contains("unexpected argument '--ready-timout'"),
+            "{text}"
+        );
+        assert!(text.contains("--ready-timeout"), "the closest flag: {text}");
+        // The command starts after `--`, or at the first word without a
+        // dash; its own options are its own.
+        for argv in [
+            &["baton", "run", "-l", ":0", "--", "app", "--port", "-v"][..],
+            &["baton", "run", "-l", ":0", "app", "--port", "-v"][..],
+        ] {
+            let Command::Run(args) = Cli::try_parse_from(argv).unwrap().command else {
+                unreachable!()
+            };
+            assert_eq!(args.command, ["app", "--port", "-v"], "{argv:?}");
+        }
+        let Command::Run(args) = Cli::try_parse_from(["baton", "run", "--", "-dash"])
+            .unwrap()
+            .command
+        else {
+            unreachable!()
+        };
+        assert_eq!(args.command, ["-dash"]);
     }
 
     #[test]

@@ -28,13 +28,18 @@ use serde::{Deserialize, Deserializer};
 
 use crate::cli::{self, RunArgs};
 
+mod env_table;
+
+/// The largest config file baton reads: anything bigger is not one.
+pub const MAX_FILE_BYTES: u64 = 1024 * 1024;
+
 /// The file, as written. Every key is optional.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     command: Option<Vec<String>>,
     workdir: Option<PathBuf>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "env_table::table")]
     env: BTreeMap<String, String>,
     #[serde(default, deserialize_with = "listen")]
     listen: Vec<String>,
@@ -44,7 +49,7 @@ pub struct FileConfig {
     unix_mode: Option<u32>,
     #[serde(default, deserialize_with = "readiness")]
     ready: Option<Readiness>,
-    #[serde(default, deserialize_with = "duration")]
+    #[serde(default, deserialize_with = "timeout")]
     ready_timeout: Option<Duration>,
     #[serde(default, deserialize_with = "signal")]
     stop_signal: Option<StopSignal>,
@@ -142,8 +147,28 @@ pub enum ConfigError {
 
 /// Read and parse the config file.
 pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| ConfigError::File(format!("cannot read {}: {e}", path.display())))?;
+    use std::io::Read;
+    let cannot =
+        |e: std::io::Error| ConfigError::File(format!("cannot read {}: {e}", path.display()));
+    let mut bytes = Vec::new();
+    // Read at most one byte past the cap: the file may be a device or grow.
+    std::fs::File::open(path)
+        .and_then(|file| file.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes))
+        .map_err(cannot)?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(ConfigError::File(format!(
+            "{}: larger than {} KiB, which no config file is: is this the right file?",
+            path.display(),
+            MAX_FILE_BYTES / 1024
+        )));
+    }
+    let text = String::from_utf8(bytes).map_err(|e| {
+        ConfigError::File(format!(
+            "{}: not UTF-8 (at byte {})",
+            path.display(),
+            e.utf8_error().valid_up_to()
+        ))
+    })?;
     parse(path, &text).map_err(ConfigError::File)
 }
 
@@ -292,6 +317,38 @@ pub fn resolve(
     })
 }
 
+/// The settings a reload cannot change (the control socket, metrics,
+/// the dev loop), as baton started with them.
+#[derive(Debug)]
+pub struct StartOnly(Vec<(&'static str, String)>);
+
+impl StartOnly {
+    /// What `resolved` says of them.
+    pub fn of(resolved: &Resolved) -> Self {
+        StartOnly(vec![
+            ("name", resolved.name.clone()),
+            ("control", format!("{:?}", resolved.control)),
+            ("control_mode", resolved.control_mode.to_string()),
+            ("metrics", format!("{:?}", resolved.metrics)),
+            (
+                "watch, ignore, ext, debounce, build, min_interval",
+                format!("{:?}", resolved.dev),
+            ),
+        ])
+    }
+
+    /// The keys whose value in `now` differs from the one at start.
+    pub fn changed(&self, now: &Resolved) -> Vec<&'static str> {
+        let now = StartOnly::of(now);
+        self.0
+            .iter()
+            .zip(&now.0)
+            .filter(|(at_start, now)| at_start.1 != now.1)
+            .map(|(at_start, _)| at_start.0)
+            .collect()
+    }
+}
+
 /// The dev-loop keys of the file.
 struct FileDev {
     watch: Vec<PathBuf>,
@@ -416,6 +473,10 @@ where
 
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
     parsed(d, cli::parse_duration)
+}
+
+fn timeout<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    parsed(d, cli::parse_timeout)
 }
 
 fn readiness<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Readiness>, D::Error> {

@@ -54,11 +54,7 @@ pub fn fill(args: &mut RunArgs, lookup: impl Fn(&str) -> Option<OsString>) -> Re
     vars.fill(&mut args.backlog, "backlog", cli::parse_count)?;
     vars.fill(&mut args.unix_mode, "unix_mode", cli::parse_mode)?;
     vars.fill(&mut args.ready, "ready", cli::parse_readiness)?;
-    vars.fill(
-        &mut args.ready_timeout,
-        "ready_timeout",
-        cli::parse_duration,
-    )?;
+    vars.fill(&mut args.ready_timeout, "ready_timeout", cli::parse_timeout)?;
     vars.fill(&mut args.stop_signal, "stop_signal", cli::parse_signal)?;
     vars.fill(
         &mut args.drain_timeout,

@@ -164,10 +164,17 @@ fn run(mut args: RunArgs, guardian: Option<std::io::Result<Guardian>>) -> anyhow
     }
     let reloader: Option<Reloader> = args.config.is_some().then(|| {
         let args = args.clone();
-        Box::new(move || {
-            config::resolve_with_file(&args, activated)
-                .map(|r| r.blueprint)
-                .map_err(|e| e.to_string())
+        let at_start = config::StartOnly::of(&resolved);
+        std::sync::Arc::new(move || {
+            let resolved =
+                config::resolve_with_file(&args, activated).map_err(|e| e.to_string())?;
+            for key in at_start.changed(&resolved) {
+                tracing::warn!(
+                    key,
+                    "changed in the config file, but only a restart of baton applies it: ignored"
+                );
+            }
+            Ok(resolved.blueprint)
         }) as Reloader
     });
     let config = Config {

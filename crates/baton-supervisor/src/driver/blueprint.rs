@@ -38,8 +38,9 @@ impl Blueprint {
 }
 
 /// Produces the [`Blueprint`] for the next generation (re-reads the config
-/// file); an error fails the reload and changes nothing.
-pub type Reloader = Box<dyn FnMut() -> Result<Blueprint, String> + Send>;
+/// file); an error fails the reload and changes nothing. It runs on a
+/// blocking thread, off the loop.
+pub type Reloader = std::sync::Arc<dyn Fn() -> Result<Blueprint, String> + Send + Sync>;
 
 /// Everything the driver runs with.
 pub struct Config {
