@@ -293,11 +293,13 @@ fn check_with_env(config: &Path, vars: &[(&str, &str)]) -> std::process::Output 
 fn baton_check_prints_the_resolved_settings_or_one_line_of_error() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("baton.toml");
+    // `check` refuses a command or workdir that does not exist.
+    let workdir = dir.path().display().to_string();
     write(
         &config,
-        r#"
-command = ["/usr/bin/app", "--port", "fd://3"]
-workdir = "/srv/app"
+        &r#"
+command = ["/bin/sh", "--port", "fd://3"]
+workdir = "WORKDIR"
 listen = ["http=127.0.0.1:8080", "unix:/run/app/admin.sock"]
 backlog = 512
 unix_mode = "0660"
@@ -313,7 +315,8 @@ metrics = "127.0.0.1:9100"
 
 [env]
 RUST_LOG = "info"
-"#,
+"#
+        .replace("WORKDIR", &workdir),
     );
     let output = check(&config);
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -325,8 +328,8 @@ RUST_LOG = "info"
             "listen = listen1=unix:/run/app/admin.sock",
             "backlog = 512",
             "unix_mode = 0660",
-            r#"command = ["/usr/bin/app", "--port", "fd://3"]"#,
-            "workdir = /srv/app",
+            r#"command = ["/bin/sh", "--port", "fd://3"]"#,
+            &format!("workdir = {workdir}"),
             r#"env.RUST_LOG = "info""#,
             "ready = notify",
             "ready_timeout = 30s",
@@ -342,10 +345,7 @@ RUST_LOG = "info"
     );
 
     // Defaults fill in what the file leaves out.
-    write(
-        &config,
-        "command = [\"/usr/bin/app\"]\nlisten = [\":8080\"]\n",
-    );
+    write(&config, "command = [\"/bin/sh\"]\nlisten = [\":8080\"]\n");
     let output = check(&config);
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{output:?}");
@@ -356,7 +356,7 @@ RUST_LOG = "info"
         "stop_signal = SIGTERM",
         "drain_timeout = 30s",
         "max_draining = 4",
-        "name = app",
+        "name = sh",
         "control_mode = 0600",
     ] {
         assert!(
@@ -507,7 +507,7 @@ fn a_baton_variable_ranks_between_the_flag_and_the_file() {
     let config = dir.path().join("baton.toml");
     write(
         &config,
-        "command = [\"/usr/bin/app\"]\nlisten = [\":8080\"]\ndrain_timeout = \"5s\"\n",
+        "command = [\"/bin/sh\"]\nlisten = [\":8080\"]\ndrain_timeout = \"5s\"\n",
     );
     let resolved = |vars: &[(&str, &str)]| {
         let output = check_with_env(&config, vars);
@@ -557,6 +557,93 @@ fn a_baton_variable_ranks_between_the_flag_and_the_file() {
         .env("BATON_MAX_DRAINING", "0");
     let mut baton = Baton::spawn(command);
     baton.wait_ready(1);
+    baton.signal(Signal::SIGTERM);
+    assert!(baton.wait_exit().success(), "{}", baton.output());
+}
+
+/// `baton check` refuses what `baton run` would: each error one line,
+/// naming what is wrong. Old code passed every one of these files.
+#[test]
+fn baton_check_refuses_bad_input_with_one_line_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("baton.toml");
+    let name = config.display().to_string();
+    let cases = [
+        (
+            "command = [\"/no/such/app\"]\nlisten = [\":8080\"]\n".to_owned(),
+            "command '/no/such/app' not found".to_owned(),
+        ),
+        (
+            "command = [\"/bin/sh\"]\nworkdir = \"/no/such/dir\"\nlisten = [\":8080\"]\n"
+                .to_owned(),
+            "workdir /no/such/dir: No such file or directory".to_owned(),
+        ),
+        (
+            config_text(&[":8080"], "", "LISTEN_FDS = \"3\""),
+            format!("{name}: line 7, key `LISTEN_FDS`: LISTEN_FDS is set by baton"),
+        ),
+        (
+            config_text(&[":8080"], "", "\"A=B\" = \"1\""),
+            format!(
+                "{name}: line 7, key `\"A=B\"`: an environment variable's name cannot contain '='"
+            ),
+        ),
+        (
+            config_text(&[":8080"], "", "A = \"1\"\nready_timeout = \"5s\""),
+            format!(
+                "{name}: line 8, key `ready_timeout`: `ready_timeout` is a baton setting, but it is written below [env]"
+            ),
+        ),
+        (
+            config_text(&[":8080"], "ready_timeout = \"0\"", ""),
+            format!("{name}: line 5, key `ready_timeout`: expected a duration above zero"),
+        ),
+        (
+            format!(
+                "{}# {}\n",
+                config_text(&[":8080"], "", ""),
+                "x".repeat(2 << 20)
+            ),
+            format!("{name}: larger than 1024 KiB"),
+        ),
+    ];
+    for (text, error) in cases {
+        write(&config, &text);
+        let output = check(&config);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{error}\n{output:?}");
+        assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+        assert!(
+            stderr.starts_with(&format!("baton: error: {error}")),
+            "want: {error}\ngot: {stderr}"
+        );
+    }
+}
+
+/// A reload re-reads the file; a key only a restart applies is named in
+/// the log, not silently ignored (old code: nothing said).
+#[test]
+fn a_start_only_key_changed_on_reload_is_named() {
+    let _serial = exclusive();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("baton.toml");
+    write(&config, &config_text(&["http=127.0.0.1:0"], "", ""));
+    let mut baton = start(&config);
+    baton.wait_ready(1);
+    write(
+        &config,
+        &config_text(
+            &["http=127.0.0.1:0"],
+            "name = \"renamed\"\nmetrics = \"127.0.0.1:0\"",
+            "",
+        ),
+    );
+    let (status, reload) = baton.ctl_json(&["reload"]);
+    assert!(status.success(), "{reload}");
+    for key in ["key=name", "key=metrics"] {
+        let line = baton.wait_for(&["only a restart of baton applies it", key]);
+        assert!(line.contains("WARN"), "{line}");
+    }
     baton.signal(Signal::SIGTERM);
     assert!(baton.wait_exit().success(), "{}", baton.output());
 }

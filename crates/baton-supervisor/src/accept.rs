@@ -26,7 +26,7 @@ pub struct AcceptErrors {
     server: &'static str,
     /// Failures not told yet.
     untold: u64,
-    /// Failures since the last success.
+    /// Failures since the last success (what a pause follows).
     since_success: u64,
     last_line: Option<Instant>,
 }
@@ -66,18 +66,11 @@ impl AcceptErrors {
         }
     }
 
-    /// An accept succeeded: say so if some had failed.
+    /// An accept succeeded. Not told, and the interval goes on: under a
+    /// shortage, accepts fail and succeed in turn as descriptors come and
+    /// go, and each turn must not be a line.
     pub fn succeeded(&mut self) {
-        if self.since_success > 0 {
-            tracing::info!(
-                server = self.server,
-                failures = self.since_success,
-                "accepting again"
-            );
-            self.since_success = 0;
-            self.untold = 0;
-            self.last_line = None;
-        }
+        self.since_success = 0;
     }
 }
 
@@ -145,5 +138,15 @@ mod tests {
         assert_eq!(errors.since_success, 5);
         errors.succeeded();
         assert_eq!(errors.since_success, 0);
+        // Failing again within the interval is counted, not told.
+        errors
+            .failed(io::Error::from_raw_os_error(libc::EMFILE))
+            .await;
+        assert_eq!(errors.untold, 5);
+        tokio::time::sleep(LOG_INTERVAL).await;
+        errors
+            .failed(io::Error::from_raw_os_error(libc::EMFILE))
+            .await;
+        assert_eq!(errors.untold, 0, "told, with the six since the last line");
     }
 }

@@ -170,7 +170,11 @@ pub async fn serve(listener: std::net::TcpListener, snapshots: watch::Receiver<A
         };
         errors.succeeded();
         let Some(slot) = slots.take() else {
-            // Without waiting: a fresh socket's buffer takes it.
+            // Without waiting: a fresh socket's buffer takes it. What the
+            // client sent is read first: closing on unread data resets the
+            // connection, and the answer with it.
+            let mut sink = [0u8; 4096];
+            while matches!(stream.try_read(&mut sink), Ok(1..)) {}
             let _ = stream.try_write(BUSY);
             continue;
         };
@@ -193,7 +197,7 @@ pub async fn serve(listener: std::net::TcpListener, snapshots: watch::Receiver<A
 }
 
 /// The most metrics connections open at once; one more gets a 503.
-pub const MAX_CONNECTIONS: usize = 16;
+pub const MAX_CONNECTIONS: usize = 8;
 
 /// How long a client may take to send a request's head, and may stay
 /// idle between requests, before its connection is closed.

@@ -192,7 +192,14 @@ fn describe(path: &Path, text: &str, error: &toml::de::Error, syntax: bool) -> S
     let line_number = text[..span.start].matches('\n').count() + 1;
     let line = text.lines().nth(line_number - 1).unwrap_or_default();
     let column = span.start - text[..span.start].rfind('\n').map_or(0, |i| i + 1);
-    match line.split_once('=') {
+    // A quoted key may hold `=` itself.
+    let key_end = match line.trim_start().strip_prefix('"') {
+        Some(quoted) => quoted
+            .find('"')
+            .map(|end| line.len() - quoted.len() + end + 1),
+        None => line.find('='),
+    };
+    match key_end.map(|end| line.split_at(end)) {
         Some((key, _))
             if !line.trim_start().starts_with('[') && (!syntax || column > key.len()) =>
         {

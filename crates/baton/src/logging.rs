@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 
 use tracing_subscriber::fmt::MakeWriter;
 
-/// Lines the queue holds before it drops new ones.
-const QUEUE_LINES: usize = 4096;
+/// Lines the queue holds before it drops new ones (some 150 KiB).
+const QUEUE_LINES: usize = 1024;
 
 /// How long [`LogGuard`] waits, at exit, for queued lines to be written.
 const FLUSH_LIMIT: Duration = Duration::from_secs(2);

@@ -170,7 +170,7 @@ fn run(mut args: RunArgs, guardian: Option<std::io::Result<Guardian>>) -> anyhow
                 config::resolve_with_file(&args, activated).map_err(|e| e.to_string())?;
             for key in at_start.changed(&resolved) {
                 tracing::warn!(
-                    key,
+                    key = %key,
                     "changed in the config file, but only a restart of baton applies it: ignored"
                 );
             }

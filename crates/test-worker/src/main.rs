@@ -18,6 +18,7 @@
 //! test-worker pid=P ready
 //! test-worker pid=P stop signal=SIGTERM draining|ignored
 //! test-worker pid=P crash-after requests=N
+//! test-worker pid=P status-flood sent=N
 //! test-worker pid=P crashing
 //! test-worker pid=P drained
 //! test-worker pid=P error: MESSAGE
@@ -101,6 +102,11 @@ struct Args {
     #[arg(long, value_name = "N")]
     from_gen: Option<u64>,
 
+    /// Once ready, send N `STATUS=` messages to NOTIFY_SOCKET as fast as
+    /// it takes them (a worker that floods baton's log).
+    #[arg(long, value_name = "N")]
+    status_flood: Option<u64>,
+
     /// Read this file at startup and answer `GET /answer` with its content
     /// (stands in for "the code" a dev-loop build step produces).
     #[arg(long, value_name = "FILE")]
@@ -117,6 +123,7 @@ struct Knobs {
     crash_after: Option<u64>,
     work: Option<Duration>,
     fork_child: bool,
+    status_flood: Option<u64>,
 }
 
 impl Knobs {
@@ -132,6 +139,7 @@ impl Knobs {
             crash_after: args.crash_after,
             work: args.work,
             fork_child: args.fork_child,
+            status_flood: args.status_flood,
         }
     }
 }
@@ -331,6 +339,14 @@ async fn work(app: Arc<App>, listeners: Vec<Listener>, idle_grace: Duration) -> 
     let _ = app.ready_ns.set(monotonic_ns());
     baton_worker::notify_ready()?;
     log!("test-worker pid={pid} ready");
+    if let Some(n) = app.knobs.status_flood {
+        tokio::task::spawn_blocking(move || {
+            for i in 0..n {
+                let _ = baton_worker::notify(&format!("STATUS=flood {i}"));
+            }
+            log!("test-worker pid={pid} status-flood sent={n}");
+        });
+    }
 
     for server in servers {
         server.await.context("serving")?;
