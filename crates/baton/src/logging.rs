@@ -215,7 +215,7 @@ mod tests {
         let output = Output::default();
         let writer = Writer::start(output.clone()).unwrap();
         for i in 0..100 {
-            write!(writer.make_writer(), "line {i}\n").unwrap();
+            writeln!(writer.make_writer(), "line {i}").unwrap();
         }
         assert!(writer.flush(Duration::from_secs(10)));
         let text = String::from_utf8(output.written.lock().unwrap().clone()).unwrap();
