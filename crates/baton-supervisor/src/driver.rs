@@ -47,6 +47,8 @@ use crate::guardian::Guardian;
 use crate::listeners::{self, Listener};
 use crate::machine::{Action, Event, Generation, Machine, ProcessExit, StopSignal};
 use crate::metrics::{self, Snapshot};
+use crate::readiness::kernel::HandedSockets;
+use crate::readiness::observer::{self, Observation, Seen};
 use crate::readiness::{Notification, ReadinessDir, ReadinessSocket};
 use crate::spawn::{Role, SpawnRequest};
 use crate::status::{GenerationStatus, ListenerStatus, Status, Trigger};
@@ -86,6 +88,10 @@ pub struct Driver {
     notify_dir: ReadinessDir,
     notes: mpsc::UnboundedSender<Notification>,
     notes_rx: mpsc::UnboundedReceiver<Notification>,
+    /// `--ready auto`: the observer of each starting generation.
+    observations: BTreeMap<Generation, Observation>,
+    seen: mpsc::UnboundedSender<Seen>,
+    seen_rx: mpsc::UnboundedReceiver<Seen>,
     control: Option<(std::os::unix::net::UnixListener, PathBuf)>,
     control_path: Option<PathBuf>,
     requests: mpsc::Sender<ControlRequest>,
@@ -118,6 +124,7 @@ impl Driver {
         }
         let (notes, notes_rx) = mpsc::unbounded_channel();
         let (requests, requests_rx) = mpsc::channel(64);
+        let (seen, seen_rx) = mpsc::unbounded_channel();
         let (sample_groups, _) = watch::channel(Groups::default());
         let (_, usage) = watch::channel(Usages::default());
         Ok(Driver {
@@ -131,6 +138,9 @@ impl Driver {
             notify_dir: ReadinessDir::new().map_err(DriverError::ReadinessDir)?,
             notes,
             notes_rx,
+            observations: BTreeMap::new(),
+            seen,
+            seen_rx,
             control_path: config.control.as_ref().map(|(_, path)| path.clone()),
             control: config.control,
             requests,
@@ -201,6 +211,7 @@ impl Driver {
                     vec![if self.interrupts == 1 { Event::ShutdownRequested } else { Event::ForceShutdown }]
                 }
                 Some(note) = self.notes_rx.recv() => self.on_notification(note),
+                Some(seen) = self.seen_rx.recv() => on_seen(seen),
                 // Reaping follows every wake-up: a SIGCHLD may have been
                 // coalesced with another signal.
                 _ = child.recv() => Vec::new(),
@@ -252,6 +263,7 @@ impl Driver {
                             queue.push_back(Event::SpawnFailed { generation, error });
                         }
                     }
+                    Action::Observe { generation } => self.observe(generation),
                     Action::Drain { generation, signal } => {
                         self.processes.signal(generation, to_signal(signal))
                     }
@@ -270,7 +282,31 @@ impl Driver {
                 }
             }
         }
+        // Observe only until ready (or failed).
+        let machine = &self.machine;
+        self.observations
+            .retain(|g, _| machine.generation(*g).is_some_and(|s| s.is_starting()));
         false
+    }
+
+    /// `--ready auto`: watch the generation's processes off the loop.
+    fn observe(&mut self, generation: Generation) {
+        let Some(group) = self.processes.pid(generation) else {
+            return;
+        };
+        let handed = HandedSockets::new(
+            self.listeners
+                .iter()
+                .map(|l| (l.name(), l.local_address(), l.as_fd())),
+        );
+        match observer::observe(generation, group, handed, self.seen.clone()) {
+            Ok(observation) => {
+                self.observations.insert(generation, observation);
+            }
+            Err(error) => {
+                tracing::error!(generation, %error, "cannot observe the new generation")
+            }
+        }
     }
 
     /// Start a generation: its notify socket, then its process. An error
@@ -573,6 +609,26 @@ impl Driver {
         drop(listeners);
         processes.finish();
     }
+}
+
+/// What the observer of a starting generation saw, for the machine.
+fn on_seen(seen: Seen) -> Vec<Event> {
+    let Seen {
+        generation,
+        group,
+        waiting,
+        seen,
+    } = seen;
+    if waiting {
+        tracing::info!(generation, pid = group, %seen, "waits for connections");
+    } else {
+        tracing::info!(generation, pid = group, %seen, "not waiting yet");
+    }
+    vec![Event::Observed {
+        generation,
+        waiting,
+        seen,
+    }]
 }
 
 /// The tasks beside the loop; dropping this aborts them.

@@ -1,4 +1,9 @@
-//! The per-generation `NOTIFY_SOCKET` receivers.
+//! How baton learns that a new generation is ready: the per-generation
+//! `NOTIFY_SOCKET` receivers (this file), and for `--ready auto` what the
+//! kernel shows of the generation's processes ([`kernel`], watched by an
+//! [`observer`] thread).
+//!
+//! ## The notify sockets
 //!
 //! Each generation gets its own datagram socket, so a `READY=1` counts for
 //! the generation whose socket it arrives on, whoever sends it: the worker,
@@ -18,6 +23,10 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::machine::Generation;
+
+pub mod kernel;
+pub mod observer;
+pub mod procfs;
 
 /// sd_notify messages are small; systemd itself reads at most a page.
 const MAX_MESSAGE: usize = 4096;

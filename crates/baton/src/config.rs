@@ -372,6 +372,7 @@ pub fn render(resolved: &Resolved) -> String {
     }
     out.push(match s.readiness {
         Readiness::Notify => "ready = notify".to_owned(),
+        Readiness::Auto => "ready = auto".to_owned(),
         Readiness::Delay(d) => format!("ready = delay={d:?}"),
     });
     out.push(format!("ready_timeout = {:?}", s.ready_timeout));
