@@ -21,14 +21,25 @@ fn a_go_server_that_never_notifies_is_ready_once_it_listens() {
     baton.wait_ready(1);
     // The order of events, not times: the worker took its socket, baton
     // saw it wait, and only then called it ready.
-    assert_before(&baton, &["go-server pid=", "taking fd 3"], &["waits for connections", " generation=1 "]);
+    assert_before(
+        &baton,
+        &["go-server pid=", "taking fd 3"],
+        &["waits for connections", " generation=1 "],
+    );
     assert_before(
         &baton,
         &["waits for connections", " generation=1 "],
         &[" ready generation=1 "],
     );
-    assert!(baton.output().contains("registered in epoll"), "{}", baton.output());
-    assert!(ready_ms(&baton, 1) >= 300, "ready before the worker listened");
+    assert!(
+        baton.output().contains("registered in epoll"),
+        "{}",
+        baton.output()
+    );
+    assert!(
+        ready_ms(&baton, 1) >= 300,
+        "ready before the worker listened"
+    );
     reloads_under_load(baton, "go (epoll)");
 }
 
@@ -46,12 +57,19 @@ fn python_http_server_through_a_two_line_wrapper() {
     ));
     baton.wait_ready(1);
     assert_before(&baton, &["python-http serving"], &[" ready generation=1 "]);
-    assert!(baton.output().contains("blocked in poll"), "{}", baton.output());
+    assert!(
+        baton.output().contains("blocked in poll"),
+        "{}",
+        baton.output()
+    );
     assert_eq!(http_get(baton.address("http"), "/").0, 200);
     let first = ready_ms(&baton, 1);
     baton.signal(Signal::SIGHUP);
     baton.wait_ready(2);
-    eprintln!("python http.server (poll): time to ready {first} ms, then {} ms", ready_ms(&baton, 2));
+    eprintln!(
+        "python http.server (poll): time to ready {first} ms, then {} ms",
+        ready_ms(&baton, 2)
+    );
     baton.signal(Signal::SIGTERM);
     assert!(baton.wait_exit().success(), "{}", baton.output());
 }
@@ -79,7 +97,11 @@ fn gunicorn_with_an_app_that_fails_to_load_does_not_replace_the_good_one() {
         ],
     ));
     baton.wait_ready(1);
-    assert!(baton.output().contains("blocked in select"), "{}", baton.output());
+    assert!(
+        baton.output().contains("blocked in select"),
+        "{}",
+        baton.output()
+    );
     let addr = baton.address("http");
     assert_eq!(http_get(addr, "/").0, 200);
 
@@ -89,9 +111,17 @@ fn gunicorn_with_an_app_that_fails_to_load_does_not_replace_the_good_one() {
     assert!(text.contains("exited before ready"), "{text}");
     // gunicorn's master said READY=1; it did not count.
     baton.wait_for(&["READY=1 received", " generation=2 "]);
-    assert_eq!(baton.count(&[" ready generation=2 "]), 0, "{}", baton.output());
+    assert_eq!(
+        baton.count(&[" ready generation=2 "]),
+        0,
+        "{}",
+        baton.output()
+    );
     assert_eq!(http_get(addr, "/").0, 200, "generation 1 keeps serving");
-    eprintln!("gunicorn (select): time to ready {} ms", ready_ms(&baton, 1));
+    eprintln!(
+        "gunicorn (select): time to ready {} ms",
+        ready_ms(&baton, 1)
+    );
     baton.signal(Signal::SIGTERM);
     assert!(baton.wait_exit().success(), "{}", baton.output());
 }

@@ -48,7 +48,10 @@ fn python() -> &'static str {
 
 /// Where built fixtures go: beside the baton binary, in the target dir.
 fn build_dir() -> PathBuf {
-    let dir = baton_bin().parent().expect("a directory").join("any-server");
+    let dir = baton_bin()
+        .parent()
+        .expect("a directory")
+        .join("any-server");
     std::fs::create_dir_all(&dir).expect("create the fixture build dir");
     dir
 }

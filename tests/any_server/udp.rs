@@ -32,7 +32,11 @@ fn a_udp_echo_server_reloaded_under_load_loses_no_datagram() {
         .and_then(|a| a.parse().ok())
         .unwrap_or_else(|| panic!("no udp:// address in {line:?}"));
     baton.wait_ready(1);
-    assert!(baton.output().contains("blocked in poll"), "{}", baton.output());
+    assert!(
+        baton.output().contains("blocked in poll"),
+        "{}",
+        baton.output()
+    );
 
     let client = Client::start(addr);
     for generation in 2..=RELOADS + 1 {

@@ -20,7 +20,10 @@ fn a_server_starter_worker_runs_unchanged() {
     ));
     let line = baton.wait_for(&["starter-worker pid=", "generation=1 "]);
     let port = baton.address("http").port();
-    assert!(line.contains(&format!("port=127.0.0.1:{port} fd=3")), "{line}");
+    assert!(
+        line.contains(&format!("port=127.0.0.1:{port} fd=3")),
+        "{line}"
+    );
     reloads_under_load(baton, "Server::Starter worker (accept)");
 }
 
@@ -74,7 +77,10 @@ fn a_listenfd_server_runs_unchanged() {
         &[&server],
     ));
     let port = baton.address("http").port();
-    baton.wait_for(&["listenfd-server pid=", &format!("serving on 127.0.0.1:{port}")]);
+    baton.wait_for(&[
+        "listenfd-server pid=",
+        &format!("serving on 127.0.0.1:{port}"),
+    ]);
     reloads_under_load(baton, "listenfd server (epoll)");
 }
 

@@ -26,11 +26,7 @@ async fn main() -> std::io::Result<()> {
     };
     listener.set_nonblocking(true)?;
     let listener = tokio::net::TcpListener::from_std(listener)?;
-    eprintln!(
-        "listenfd-server pid={} serving on {}",
-        std::process::id(),
-        listener.local_addr()?
-    );
+    say(&format!("serving on {}", listener.local_addr()?));
     let mut terminate = signal(SignalKind::terminate())?;
     let mut connections = JoinSet::new();
     loop {
@@ -56,6 +52,14 @@ async fn main() -> std::io::Result<()> {
     drop(listener);
     let drain = async { while connections.join_next().await.is_some() {} };
     let _ = tokio::time::timeout(Duration::from_secs(10), drain).await;
-    eprintln!("listenfd-server pid={} drained", std::process::id());
+    say("drained");
     Ok(())
+}
+
+/// One whole line to stderr in one write: `eprintln!` may write it in
+/// pieces, between which another process's line can land.
+fn say(what: &str) {
+    use std::io::Write;
+    let line = format!("listenfd-server pid={} {what}\n", std::process::id());
+    let _ = std::io::stderr().write_all(line.as_bytes());
 }
