@@ -34,6 +34,7 @@ use tokio::sync::mpsc;
 use self::devloop::{Build, DevLoop, Next};
 use self::reloads::Reloads;
 use crate::control::{self, Call, Response};
+use crate::fswatch::{ChangeBatch, WatchError, Watcher};
 use crate::guardian::Guardian;
 use crate::listeners::{self, BindOptions, Listener, ListenerSpec};
 use crate::machine::{Event, ExitStatus, Generation, Machine, Report, Settings, Timer};
@@ -42,7 +43,6 @@ use crate::notify::{Notification, NotifyDir, NotifyReceiver};
 use crate::spawn::{self, SpawnRequest, WorkerCommand};
 use crate::status::{self, GenerationStatus, ListenerStatus, Sampler, Status, Trigger, Usage};
 use crate::systemd::SystemdNotifier;
-use crate::watch::{ChangeBatch, WatchError, Watcher};
 
 /// How often to look for generations whose process group emptied without
 /// telling baton (a member reaped by another member sends no SIGCHLD here).

@@ -9,10 +9,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use baton_supervisor::driver::{DevSettings, Plan};
+use baton_supervisor::fswatch::{DEFAULT_DEBOUNCE, WatchSettings};
 use baton_supervisor::listeners::{self, BindOptions, ListenerSpec};
 use baton_supervisor::machine::{Readiness, Settings};
 use baton_supervisor::spawn::WorkerCommand;
-use baton_supervisor::watch::{DEFAULT_DEBOUNCE, WatchSettings};
 use nix::sys::signal::Signal;
 use serde::{Deserialize, Deserializer};
 

@@ -10,7 +10,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::watch::{ChangeBatch, WatchSettings, Watcher};
+use crate::fswatch::{ChangeBatch, WatchSettings, Watcher};
 
 /// The longest pause after repeated failures.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
