@@ -14,7 +14,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::watch::WatchSettings;
+use crate::fswatch::WatchSettings;
 
 /// The longest pause after repeated failures.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);

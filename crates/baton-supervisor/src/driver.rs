@@ -43,6 +43,7 @@ use self::processes::{ProcessTable, Reaped};
 use self::sampling::{Groups, Usages};
 use crate::control::{self, ControlRequest, Response};
 use crate::devloop::{DevAction, DevLoop};
+use crate::fswatch::{ChangeBatch, WatchError, Watcher};
 use crate::guardian::Guardian;
 use crate::listeners::{self, Listener};
 use crate::machine::{Action, Event, Generation, Machine, ProcessExit, StopSignal};
@@ -50,7 +51,6 @@ use crate::metrics::{self, Snapshot};
 use crate::readiness::{Notification, ReadinessDir, ReadinessSocket};
 use crate::spawn::{Role, SpawnRequest};
 use crate::status::{GenerationStatus, ListenerStatus, Status, Trigger};
-use crate::watch::{ChangeBatch, WatchError, Watcher};
 
 /// How often to look for generations whose process group emptied without
 /// telling baton (a member reaped by another member sends no SIGCHLD here).
