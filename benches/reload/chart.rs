@@ -2,14 +2,14 @@
 
 use baton_loadgen::Mode;
 
-use crate::Plan;
+use crate::Options;
 use crate::rows::Row;
 use crate::servers::System;
 
 /// One panel per system (rows) and traffic kind (columns), at the longest
 /// reload interval: successful and failed requests per 100 ms, a grey line
 /// at each reload. Panels of one column share their scales.
-pub fn chart(rows: &[Row], plan: &Plan) -> Result<(), Box<dyn std::error::Error>> {
+pub fn chart(rows: &[Row], plan: &Options) -> Result<(), Box<dyn std::error::Error>> {
     use plotters::prelude::*;
 
     let interval = *plan.intervals.iter().max().expect("an interval");

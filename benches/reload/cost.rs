@@ -10,7 +10,7 @@ use tokio::runtime::Runtime;
 use crate::procfs::proc_stats;
 use crate::servers::{BatonServer, RestartServer, Server};
 use crate::stats::{median, median_f64, ms};
-use crate::{Plan, REQUEST_TIMEOUT};
+use crate::{Options, REQUEST_TIMEOUT};
 
 pub struct Cost {
     pub mode: Mode,
@@ -27,7 +27,7 @@ impl Cost {
     }
 }
 
-pub fn cost_of_baton(rt: &Runtime, plan: &Plan) -> Vec<Cost> {
+pub fn cost_of_baton(rt: &Runtime, plan: &Options) -> Vec<Cost> {
     let mut baton = BatonServer::start();
     let mut direct = RestartServer::start();
     let mut costs = Vec::new();
@@ -76,7 +76,7 @@ pub fn cost_of_baton(rt: &Runtime, plan: &Plan) -> Vec<Cost> {
     costs
 }
 
-pub fn cost_table(costs: &[Cost], plan: &Plan) -> String {
+pub fn cost_table(costs: &[Cost], plan: &Options) -> String {
     let mut out = format!(
         "{} interleaved pairs per traffic kind (A B, B A, …), {} s each, {} clients; ratio = under baton ÷ direct, per pair\n\n\
          | traffic | req/s under baton (median) | req/s direct (median) | ratio median | ratio min … max | p99 under baton (median) | p99 direct (median) | baton CPU during its runs |\n\

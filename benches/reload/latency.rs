@@ -10,7 +10,7 @@ use crate::process::{Notify, free_port};
 use crate::procfs::monotonic_ns;
 use crate::servers::{BatonServer, Server, spawn_bound_worker, wait_exited};
 use crate::stats::{median, ms};
-use crate::{Plan, WAIT};
+use crate::{Options, WAIT};
 
 /// test-worker's `GET /timings`: CLOCK_MONOTONIC nanoseconds.
 #[derive(Debug, Clone, Copy)]
@@ -78,7 +78,7 @@ pub struct Latency {
     pub spawn_to_main: Vec<Duration>,
 }
 
-pub fn reload_latency(plan: &Plan) -> Latency {
+pub fn reload_latency(plan: &Options) -> Latency {
     let mut baton = BatonServer::start();
     let addr = baton.addr();
     let mut latency = Latency {

@@ -3,7 +3,7 @@
 use std::process::Command;
 
 use crate::procfs::load_average;
-use crate::{Plan, REQUEST_TIMEOUT};
+use crate::{Options, REQUEST_TIMEOUT};
 
 pub struct Machine {
     pub date: String,
@@ -65,7 +65,7 @@ impl Machine {
         }
     }
 
-    pub fn header(&self, plan: &Plan) -> String {
+    pub fn header(&self, plan: &Options) -> String {
         let intervals: Vec<String> = plan
             .intervals
             .iter()

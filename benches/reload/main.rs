@@ -67,7 +67,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 const WAIT: Duration = Duration::from_secs(30);
 
 /// What to run, from the command line.
-struct Plan {
+struct Options {
     quick: bool,
     /// Length of one row's load.
     duration: Duration,
@@ -88,8 +88,8 @@ struct Plan {
     svg: PathBuf,
 }
 
-impl Plan {
-    fn from_args(args: &[String]) -> Plan {
+impl Options {
+    fn from_args(args: &[String]) -> Options {
         let quick = args.iter().any(|a| a == "--quick");
         let svg = args
             .iter()
@@ -104,7 +104,7 @@ impl Plan {
                 }
             });
         if quick {
-            Plan {
+            Options {
                 quick,
                 duration: Duration::from_secs(2),
                 intervals: vec![Duration::from_millis(100)],
@@ -117,7 +117,7 @@ impl Plan {
                 svg,
             }
         } else {
-            Plan {
+            Options {
                 quick,
                 duration: Duration::from_secs(10),
                 intervals: vec![Duration::from_millis(500), Duration::from_millis(100)],
@@ -139,7 +139,7 @@ fn main() {
     if !args.iter().any(|a| a == "--bench") {
         return;
     }
-    let plan = Plan::from_args(&args);
+    let plan = Options::from_args(&args);
     let began = Instant::now();
     eprintln!("building baton and test-worker (release) …");
     let _ = (baton_e2e::baton_bin(), test_worker_bin());

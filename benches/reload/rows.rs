@@ -9,7 +9,7 @@ use tokio::runtime::Runtime;
 use crate::procfs::proc_stats;
 use crate::servers::{Reload, System};
 use crate::stats::{median, ms};
-use crate::{Plan, REQUEST_TIMEOUT};
+use crate::{Options, REQUEST_TIMEOUT};
 
 /// One system × traffic kind × reload interval.
 pub struct Row {
@@ -24,7 +24,13 @@ pub struct Row {
     pub notes: Option<String>,
 }
 
-pub fn run_row(rt: &Runtime, system: System, mode: Mode, interval: Duration, plan: &Plan) -> Row {
+pub fn run_row(
+    rt: &Runtime,
+    system: System,
+    mode: Mode,
+    interval: Duration,
+    plan: &Options,
+) -> Row {
     let mut server = system.start();
     let pid = server.supervisor_pid();
     let cpu_before = pid.map(|p| proc_stats(p).cpu);

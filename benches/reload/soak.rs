@@ -9,7 +9,7 @@ use tokio::runtime::Runtime;
 
 use crate::procfs::{ProcStats, proc_stats};
 use crate::servers::{BatonServer, Server};
-use crate::{Plan, REQUEST_TIMEOUT};
+use crate::{Options, REQUEST_TIMEOUT};
 
 pub struct Soak {
     pub reloads: u64,
@@ -24,7 +24,7 @@ pub struct Soak {
     pub took: Duration,
 }
 
-pub fn soak(rt: &Runtime, plan: &Plan) -> Soak {
+pub fn soak(rt: &Runtime, plan: &Options) -> Soak {
     let mut baton = BatonServer::start();
     let pid = baton.baton.pid();
     // Light load: 2 clients of each kind, 50 requests per second each.
