@@ -46,7 +46,7 @@ use crate::devloop::{DevAction, DevLoop};
 use crate::fswatch::{ChangeBatch, WatchError, Watcher};
 use crate::guardian::Guardian;
 use crate::listeners::{self, Listener};
-use crate::machine::{Action, Event, Generation, Machine, ProcessExit, StopSignal};
+use crate::machine::{Action, Event, Generation, Machine, Notice, ProcessExit, StopSignal};
 use crate::metrics::{self, Snapshot};
 use crate::readiness::{Notification, ReadinessDir, ReadinessSocket};
 use crate::spawn::{Role, SpawnRequest};
@@ -263,6 +263,10 @@ impl Driver {
                         self.readiness.remove(&generation);
                     }
                     Action::Notice(notice) => {
+                        if let (Notice::Starting { .. }, Some((dev, _))) = (&notice, &mut self.dev)
+                        {
+                            dev.on_generation_started();
+                        }
                         let outcome = self.observer.observe(notice, &self.processes);
                         self.watch_reload_done(outcome);
                     }
