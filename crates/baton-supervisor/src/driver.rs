@@ -211,7 +211,7 @@ impl Driver {
                     vec![if self.interrupts == 1 { Event::ShutdownRequested } else { Event::ForceShutdown }]
                 }
                 Some(note) = self.notes_rx.recv() => self.on_notification(note),
-                Some(seen) = self.seen_rx.recv() => on_seen(seen),
+                Some(seen) = self.seen_rx.recv() => vec![seen.into_event()],
                 // Reaping follows every wake-up: a SIGCHLD may have been
                 // coalesced with another signal.
                 _ = child.recv() => Vec::new(),
@@ -613,26 +613,6 @@ impl Driver {
         drop(listeners);
         processes.finish();
     }
-}
-
-/// What the observer of a starting generation saw, for the machine.
-fn on_seen(seen: Seen) -> Vec<Event> {
-    let Seen {
-        generation,
-        group,
-        waiting,
-        seen,
-    } = seen;
-    if waiting {
-        tracing::info!(generation, pid = group, %seen, "waits for connections");
-    } else {
-        tracing::info!(generation, pid = group, %seen, "not waiting yet");
-    }
-    vec![Event::Observed {
-        generation,
-        waiting,
-        seen,
-    }]
 }
 
 /// The tasks beside the loop; dropping this aborts them.

@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use super::kernel::{self, HandedSockets};
-use crate::machine::Generation;
+use crate::machine::{Event, Generation};
 
 /// How often the processes are looked at.
 pub const INTERVAL: Duration = Duration::from_millis(25);
@@ -31,6 +31,28 @@ pub struct Seen {
     pub waiting: bool,
     /// What it saw, in words.
     pub seen: String,
+}
+
+impl Seen {
+    /// Log it, and make it the machine's event.
+    pub fn into_event(self) -> Event {
+        let Seen {
+            generation,
+            group,
+            waiting,
+            seen,
+        } = self;
+        if waiting {
+            tracing::info!(generation, pid = group, %seen, "waits for connections");
+        } else {
+            tracing::info!(generation, pid = group, %seen, "not waiting yet");
+        }
+        Event::Observed {
+            generation,
+            waiting,
+            seen,
+        }
+    }
 }
 
 /// A running observation; dropping it stops the thread within one
