@@ -43,15 +43,15 @@ use self::processes::{ProcessTable, Reaped};
 use self::sampling::{Groups, Usages};
 use crate::control::{self, ControlRequest, Response};
 use crate::devloop::{DevAction, DevLoop};
+use crate::fswatch::{ChangeBatch, WatchError, Watcher};
 use crate::guardian::Guardian;
 use crate::listeners::{self, Listener};
-use crate::machine::{Action, Event, Generation, Machine, ProcessExit, StopSignal};
+use crate::machine::{Action, Event, Generation, Machine, Notice, ProcessExit, StopSignal};
 use crate::metrics::history::CostHistory;
 use crate::metrics::{self, Snapshot};
 use crate::readiness::{Notification, ReadinessDir, ReadinessSocket};
 use crate::spawn::{Role, SpawnRequest};
 use crate::status::{GenerationStatus, ListenerStatus, Status, Trigger};
-use crate::watch::{ChangeBatch, WatchError, Watcher};
 
 /// How often to look for generations whose process group emptied without
 /// telling baton (a member reaped by another member sends no SIGCHLD here).
@@ -266,6 +266,10 @@ impl Driver {
                         self.readiness.remove(&generation);
                     }
                     Action::Notice(notice) => {
+                        if let (Notice::Starting { .. }, Some((dev, _))) = (&notice, &mut self.dev)
+                        {
+                            dev.on_generation_started();
+                        }
                         let outcome = self.observer.observe(notice, &self.processes);
                         self.watch_reload_done(outcome);
                     }

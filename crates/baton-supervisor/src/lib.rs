@@ -12,12 +12,13 @@
 //! - [`control`]: the control socket behind `baton ctl`.
 //! - [`status`]: what `status` reports, and the sampler of worker costs.
 //! - [`metrics`]: the status page, Prometheus metrics and `/status` over HTTP.
-//! - [`watch`]: file watching for the dev loop: per-directory inotify watches, ignores, a quiet-period debounce.
+//! - [`fswatch`]: file watching for the dev loop: per-directory inotify watches, ignores, a quiet-period debounce.
 //! - [`systemd`]: baton's own sd_notify towards systemd (READY, RELOADING, STATUS, fd store).
 
 pub mod control;
 pub mod devloop;
 pub mod driver;
+pub mod fswatch;
 pub mod guardian;
 pub mod listeners;
 pub mod machine;
@@ -26,4 +27,3 @@ pub mod readiness;
 pub mod spawn;
 pub mod status;
 pub mod systemd;
-pub mod watch;
