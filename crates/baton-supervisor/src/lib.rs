@@ -11,7 +11,7 @@
 //! - [`guardian`]: kills every worker group if baton itself dies.
 //! - [`control`]: the control socket behind `baton ctl`.
 //! - [`status`]: what `status` reports, and the sampler of worker costs.
-//! - [`metrics`]: Prometheus metrics and `/status` over HTTP.
+//! - [`metrics`]: the status page, Prometheus metrics and `/status` over HTTP.
 //! - [`fswatch`]: file watching for the dev loop: per-directory inotify watches, ignores, a quiet-period debounce.
 //! - [`systemd`]: baton's own sd_notify towards systemd (READY, RELOADING, STATUS, fd store).
 
