@@ -43,14 +43,15 @@ use self::processes::{ProcessTable, Reaped};
 use self::sampling::{Groups, Usages};
 use crate::control::{self, ControlRequest, Response};
 use crate::devloop::{DevAction, DevLoop};
+use crate::fswatch::{ChangeBatch, WatchError, Watcher};
 use crate::guardian::Guardian;
 use crate::listeners::{self, Listener};
-use crate::machine::{Action, Event, Generation, Machine, ProcessExit, StopSignal};
+use crate::machine::{Action, Event, Generation, Machine, Notice, ProcessExit, StopSignal};
+use crate::metrics::history::CostHistory;
 use crate::metrics::{self, Snapshot};
 use crate::readiness::{Notification, ReadinessDir, ReadinessSocket};
 use crate::spawn::{Role, SpawnRequest};
 use crate::status::{GenerationStatus, ListenerStatus, Status, Trigger};
-use crate::watch::{ChangeBatch, WatchError, Watcher};
 
 /// How often to look for generations whose process group emptied without
 /// telling baton (a member reaped by another member sends no SIGCHLD here).
@@ -89,6 +90,7 @@ pub struct Driver {
     requests_rx: mpsc::Receiver<ControlRequest>,
     metrics: Option<std::net::TcpListener>,
     snapshots: Option<watch::Sender<Arc<Snapshot>>>,
+    cost_history: Arc<CostHistory>,
     dev: Option<(DevLoop, crate::devloop::DevSettings)>,
     watcher: Option<Watcher>,
     sample_groups: watch::Sender<Groups>,
@@ -134,6 +136,7 @@ impl Driver {
             requests_rx,
             metrics: config.metrics,
             snapshots: None,
+            cost_history: Arc::default(),
             dev: config
                 .dev
                 .map(|settings| (DevLoop::new(&settings), settings)),
@@ -264,6 +267,10 @@ impl Driver {
                         self.readiness.remove(&generation);
                     }
                     Action::Notice(notice) => {
+                        if let (Notice::Starting { .. }, Some((dev, _))) = (&notice, &mut self.dev)
+                        {
+                            dev.on_generation_started();
+                        }
                         let outcome = self.observer.observe(notice, &self.processes);
                         self.watch_reload_done(outcome);
                     }
@@ -542,9 +549,9 @@ impl Driver {
         }
     }
 
-    /// Hand the metrics server a fresh snapshot, and the sampler the
-    /// groups to measure.
-    fn publish(&self) {
+    /// Hand the metrics server a fresh snapshot (with a frame more of
+    /// cost history after each sample), and the sampler the groups to measure.
+    fn publish(&mut self) {
         let draining = self
             .machine
             .generations()
@@ -555,10 +562,17 @@ impl Driver {
         self.sample_groups
             .send_if_modified(|groups| replace_if_changed(groups, Groups { all, draining }));
         if let Some(snapshots) = &self.snapshots {
+            let status = self.status();
+            if self.usage.has_changed().unwrap_or(false) {
+                self.usage.mark_unchanged();
+                Arc::make_mut(&mut self.cost_history)
+                    .record(crate::status::unix_now(), &status.generations);
+            }
             snapshots.send_replace(Arc::new(Snapshot {
-                status: self.status(),
+                status,
                 reload_duration: self.observer.ledger.duration.clone(),
                 time_to_ready: self.observer.time_to_ready.clone(),
+                history: self.cost_history.clone(),
             }));
         }
     }

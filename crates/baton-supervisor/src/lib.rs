@@ -13,13 +13,14 @@
 //! - [`runtime_dir`]: baton's runtime directories, checked against other local users.
 //! - [`local_users`]: whose credentials baton believes (its own uid, root).
 //! - [`status`]: what `status` reports, and the sampler of worker costs.
-//! - [`metrics`]: Prometheus metrics and `/status` over HTTP.
-//! - [`watch`]: file watching for the dev loop: per-directory inotify watches, ignores, a quiet-period debounce.
+//! - [`metrics`]: the status page, Prometheus metrics and `/status` over HTTP.
+//! - [`fswatch`]: file watching for the dev loop: per-directory inotify watches, ignores, a quiet-period debounce.
 //! - [`systemd`]: baton's own sd_notify towards systemd (READY, RELOADING, STATUS, fd store).
 
 pub mod control;
 pub mod devloop;
 pub mod driver;
+pub mod fswatch;
 pub mod guardian;
 pub mod listeners;
 pub mod local_users;
@@ -30,4 +31,3 @@ pub mod runtime_dir;
 pub mod spawn;
 pub mod status;
 pub mod systemd;
-pub mod watch;

@@ -48,7 +48,7 @@ pub enum SpawnError {
     Child {
         /// What it was doing.
         stage: &'static str,
-        /// The program.
+        /// The program as resolved, for the message.
         program: String,
         /// The error.
         source: io::Error,
@@ -97,7 +97,7 @@ impl Role<'_> {
 /// One process to start.
 #[derive(Debug)]
 pub struct SpawnRequest<'a> {
-    /// The command.
+    /// What to exec, and where.
     pub command: &'a WorkerCommand,
     /// A worker or a helper.
     pub role: Role<'a>,

@@ -102,7 +102,8 @@ pub struct RunArgs {
     /// anyway (root excepted).
     #[arg(long, value_name = "MODE", value_parser = parse_mode)]
     pub control_mode: Option<u32>,
-    /// Serve GET /metrics (Prometheus) and GET /status on this address.
+    /// Serve the status page (GET /), GET /metrics (Prometheus) and
+    /// GET /status on this address.
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,
     /// Watch these files or directories (recursively) and reload when they

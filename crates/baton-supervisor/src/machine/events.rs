@@ -63,14 +63,14 @@ pub enum Event {
     },
     /// The generation's leader process exited (its group may live on).
     LeaderExited {
-        /// Its generation.
+        /// Whose leader (the group id is the leader's pid).
         generation: Generation,
         /// How it ended.
         status: ProcessExit,
     },
     /// The generation's process group has no process left.
     GroupEmpty {
-        /// Its generation.
+        /// Whose group emptied; it is gone for good.
         generation: Generation,
     },
     /// The time [`poll_timeout`](super::Machine::poll_timeout) named has come.

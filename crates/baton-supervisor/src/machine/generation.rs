@@ -48,6 +48,9 @@ pub enum Phase {
 }
 
 impl Phase {
+    /// Every name [`Phase::name`] gives, in the order of a generation's life.
+    pub const NAMES: [&'static str; 4] = ["starting", "active", "draining", "killing"];
+
     /// The name `status` shows.
     pub fn name(&self) -> &'static str {
         match self {
