@@ -62,9 +62,6 @@ const GROUP_CHECK_INTERVAL: Duration = Duration::from_millis(500);
 /// What went wrong setting up the driver.
 #[derive(Debug, thiserror::Error)]
 pub enum DriverError {
-    /// The private directory for notify sockets could not be created.
-    #[error("cannot create the directory for notify sockets: {0}")]
-    ReadinessDir(io::Error),
     /// The watched paths cannot be watched.
     #[error("{0}")]
     Watch(WatchError),
@@ -137,7 +134,7 @@ impl Driver {
             blueprint: config.blueprint,
             reloader: config.reloader,
             readiness: BTreeMap::new(),
-            notify_dir: ReadinessDir::new().map_err(DriverError::ReadinessDir)?,
+            notify_dir: ReadinessDir::new(config.runtime),
             notes,
             notes_rx,
             observations: BTreeMap::new(),
@@ -218,7 +215,11 @@ impl Driver {
                 // Reaping follows every wake-up: a SIGCHLD may have been
                 // coalesced with another signal.
                 _ = child.recv() => Vec::new(),
-                _ = group_check.tick() => Vec::new(),
+                _ = group_check.tick() => {
+                    // A tmp cleaner may have removed the notify directory.
+                    let _ = self.notify_dir.repair(&mut self.readiness, &self.notes);
+                    Vec::new()
+                }
             };
         }
         // Answer whoever still waits, and let those answers be written
@@ -319,6 +320,9 @@ impl Driver {
     /// Start a generation: its notify socket, then its process. An error
     /// means no process exists.
     fn spawn(&mut self, generation: Generation) -> Result<(), String> {
+        self.notify_dir
+            .repair(&mut self.readiness, &self.notes)
+            .map_err(|error| format!("cannot create its notify socket: {error}"))?;
         let notify = self
             .notify_dir
             .listen(generation, self.notes.clone())
