@@ -7,4 +7,5 @@
 //! One module per kind of fault.
 
 mod descriptors;
+mod local_users;
 mod logs;

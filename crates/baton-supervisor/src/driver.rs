@@ -45,14 +45,17 @@ use self::processes::{ProcessTable, Reaped};
 use self::sampling::{Groups, Usages};
 use crate::control::{self, ControlRequest, Response};
 use crate::devloop::{DevAction, DevLoop};
+use crate::fswatch::{ChangeBatch, WatchError, Watcher};
 use crate::guardian::Guardian;
-use crate::listeners::{self, Listener};
-use crate::machine::{Action, Event, Generation, Machine, ProcessExit, StopSignal};
+use crate::listeners::Listener;
+use crate::machine::{Action, Event, Generation, Machine, Notice, ProcessExit, StopSignal};
+use crate::metrics::history::CostHistory;
 use crate::metrics::{self, Snapshot};
+use crate::readiness::kernel::HandedSockets;
+use crate::readiness::observer::{self, Observation, Seen};
 use crate::readiness::{Notification, ReadinessDir, ReadinessSocket};
 use crate::spawn::{Role, SpawnRequest};
 use crate::status::{GenerationStatus, ListenerStatus, Status, Trigger};
-use crate::watch::{ChangeBatch, WatchError, Watcher};
 
 /// How often to look for generations whose process group emptied without
 /// telling baton (a member reaped by another member sends no SIGCHLD here).
@@ -61,9 +64,6 @@ const GROUP_CHECK_INTERVAL: Duration = Duration::from_millis(500);
 /// What went wrong setting up the driver.
 #[derive(Debug, thiserror::Error)]
 pub enum DriverError {
-    /// The private directory for notify sockets could not be created.
-    #[error("cannot create the directory for notify sockets: {0}")]
-    ReadinessDir(io::Error),
     /// The watched paths cannot be watched.
     #[error("{0}")]
     Watch(WatchError),
@@ -89,12 +89,17 @@ pub struct Driver {
     notify_dir: ReadinessDir,
     notes: mpsc::UnboundedSender<Notification>,
     notes_rx: mpsc::UnboundedReceiver<Notification>,
+    /// `--ready auto`: the observer of each starting generation.
+    observations: BTreeMap<Generation, Observation>,
+    seen: mpsc::UnboundedSender<Seen>,
+    seen_rx: mpsc::UnboundedReceiver<Seen>,
     control: Option<(std::os::unix::net::UnixListener, PathBuf)>,
     control_path: Option<PathBuf>,
     requests: mpsc::Sender<ControlRequest>,
     requests_rx: mpsc::Receiver<ControlRequest>,
     metrics: Option<std::net::TcpListener>,
     snapshots: Option<watch::Sender<Arc<Snapshot>>>,
+    cost_history: Arc<CostHistory>,
     dev: Option<(DevLoop, crate::devloop::DevSettings)>,
     watcher: Option<Watcher>,
     sample_groups: watch::Sender<Groups>,
@@ -122,6 +127,7 @@ impl Driver {
         }
         let (notes, notes_rx) = mpsc::unbounded_channel();
         let (requests, requests_rx) = mpsc::channel(64);
+        let (seen, seen_rx) = mpsc::unbounded_channel();
         let (sample_groups, _) = watch::channel(Groups::default());
         let (_, usage) = watch::channel(Usages::default());
         Ok(Driver {
@@ -133,15 +139,19 @@ impl Driver {
             reloader: config.reloader,
             rereads: Default::default(),
             readiness: BTreeMap::new(),
-            notify_dir: ReadinessDir::new().map_err(DriverError::ReadinessDir)?,
+            notify_dir: ReadinessDir::new(config.runtime),
             notes,
             notes_rx,
+            observations: BTreeMap::new(),
+            seen,
+            seen_rx,
             control_path: config.control.as_ref().map(|(_, path)| path.clone()),
             control: config.control,
             requests,
             requests_rx,
             metrics: config.metrics,
             snapshots: None,
+            cost_history: Arc::default(),
             dev: config
                 .dev
                 .map(|settings| (DevLoop::new(&settings), settings)),
@@ -208,10 +218,15 @@ impl Driver {
                     vec![if self.interrupts == 1 { Event::ShutdownRequested } else { Event::ForceShutdown }]
                 }
                 Some(note) = self.notes_rx.recv() => self.on_notification(note),
+                Some(seen) = self.seen_rx.recv() => vec![seen.into_event()],
                 // Reaping follows every wake-up: a SIGCHLD may have been
                 // coalesced with another signal.
                 _ = child.recv() => Vec::new(),
-                _ = group_check.tick() => Vec::new(),
+                _ = group_check.tick() => {
+                    // A tmp cleaner may have removed the notify directory.
+                    let _ = self.notify_dir.repair(&mut self.readiness, &self.notes);
+                    Vec::new()
+                }
             };
         }
         // Answer whoever still waits, and let those answers be written
@@ -259,6 +274,7 @@ impl Driver {
                             queue.push_back(Event::SpawnFailed { generation, error });
                         }
                     }
+                    Action::Observe { generation } => self.observe(generation),
                     Action::Drain { generation, signal } => {
                         self.processes.signal(generation, to_signal(signal))
                     }
@@ -277,6 +293,10 @@ impl Driver {
                         }
                     }
                     Action::Notice(notice) => {
+                        if let (Notice::Starting { .. }, Some((dev, _))) = (&notice, &mut self.dev)
+                        {
+                            dev.on_generation_started();
+                        }
                         let outcome = self.observer.observe(notice, &self.processes);
                         self.watch_reload_done(outcome);
                     }
@@ -284,12 +304,39 @@ impl Driver {
                 }
             }
         }
+        // Observe only until ready (or failed).
+        let machine = &self.machine;
+        self.observations
+            .retain(|g, _| machine.generation(*g).is_some_and(|s| s.is_starting()));
         false
+    }
+
+    /// `--ready auto`: watch the generation's processes off the loop.
+    fn observe(&mut self, generation: Generation) {
+        let Some(group) = self.processes.pid(generation) else {
+            return;
+        };
+        let handed = HandedSockets::new(
+            self.listeners
+                .iter()
+                .map(|l| (l.name(), l.local_address(), l.as_fd())),
+        );
+        match observer::observe(generation, group, handed, self.seen.clone()) {
+            Ok(observation) => {
+                self.observations.insert(generation, observation);
+            }
+            Err(error) => {
+                tracing::error!(generation, %error, "cannot observe the new generation")
+            }
+        }
     }
 
     /// Start a generation: its notify socket, then its process. An error
     /// means no process exists.
     fn spawn(&mut self, generation: Generation) -> Result<(), String> {
+        self.notify_dir
+            .repair(&mut self.readiness, &self.notes)
+            .map_err(|error| format!("cannot create its notify socket: {error}"))?;
         let notify = self
             .notify_dir
             .listen(generation, self.notes.clone())
@@ -353,52 +400,6 @@ impl Driver {
             }
             None => vec![Event::ReloadRequested { id }],
         }
-    }
-
-    /// The config file was re-read for `waiting`: apply it and tell the
-    /// machine, or fail them all.
-    fn on_reread(&mut self, waiting: reread::Waiting, read: reread::Read) -> Vec<Event> {
-        if let Some(reloader) = &self.reloader {
-            self.rereads.start(reloader);
-        }
-        let requested = waiting.iter().map(|&(id, _)| Event::ReloadRequested { id });
-        // The machine answers requests during shutdown; a new listener
-        // would be wasted.
-        if self.machine.shutting_down() {
-            return requested.collect();
-        }
-        match read.and_then(|blueprint| self.apply_blueprint(blueprint)) {
-            Ok(settings) => std::iter::once(settings).chain(requested).collect(),
-            Err(reason) => {
-                for (id, trigger) in waiting {
-                    let outcome = self.observer.reload_rejected(id, trigger, &reason);
-                    self.watch_reload_done(outcome);
-                }
-                Vec::new()
-            }
-        }
-    }
-
-    /// Apply what the next generation sees; returns the machine's new
-    /// settings.
-    fn apply_blueprint(&mut self, blueprint: Blueprint) -> Result<Event, String> {
-        let current = &self.blueprint.listeners;
-        if blueprint.listeners.len() < current.len()
-            || blueprint.listeners[..current.len()] != current[..]
-        {
-            return Err(
-                "listeners can only be appended: removing, changing or reordering one needs a restart of baton".into(),
-            );
-        }
-        let added = &blueprint.listeners[current.len()..];
-        let bound = listeners::bind_all(added, blueprint.bind).map_err(|e| e.to_string())?;
-        for listener in &bound {
-            tracing::info!(name = %listener.name(), addr = %listener.local_address(), backlog = blueprint.bind.backlog, "listening");
-        }
-        self.listeners.extend(bound);
-        let settings = blueprint.settings.clone();
-        self.blueprint = blueprint;
-        Ok(Event::SettingsChanged(settings))
     }
 
     fn on_control(&mut self, request: ControlRequest) -> Vec<Event> {
@@ -579,9 +580,9 @@ impl Driver {
         }
     }
 
-    /// Hand the metrics server a fresh snapshot, and the sampler the
-    /// groups to measure.
-    fn publish(&self) {
+    /// Hand the metrics server a fresh snapshot (with a frame more of
+    /// cost history after each sample), and the sampler the groups to measure.
+    fn publish(&mut self) {
         let draining = self
             .machine
             .generations()
@@ -592,10 +593,17 @@ impl Driver {
         self.sample_groups
             .send_if_modified(|groups| replace_if_changed(groups, Groups { all, draining }));
         if let Some(snapshots) = &self.snapshots {
+            let status = self.status();
+            if self.usage.has_changed().unwrap_or(false) {
+                self.usage.mark_unchanged();
+                Arc::make_mut(&mut self.cost_history)
+                    .record(crate::status::unix_now(), &status.generations);
+            }
             snapshots.send_replace(Arc::new(Snapshot {
-                status: self.status(),
+                status,
                 reload_duration: self.observer.ledger.duration.clone(),
                 time_to_ready: self.observer.time_to_ready.clone(),
+                history: self.cost_history.clone(),
             }));
         }
     }

@@ -16,6 +16,7 @@ use baton_supervisor::driver::{Config, Driver, Reloader};
 use baton_supervisor::fdlimit;
 use baton_supervisor::guardian::Guardian;
 use baton_supervisor::listeners;
+use baton_supervisor::runtime_dir::{self, RuntimeDir};
 use baton_supervisor::spawn::{SpawnError, resolve_program};
 use baton_supervisor::systemd::SystemdNotifier;
 use clap::Parser;
@@ -152,6 +153,9 @@ fn run(mut args: RunArgs, guardian: Option<std::io::Result<Guardian>>) -> anyhow
     if let Some((_, path)) = &control {
         tracing::info!(path = %path.display(), "control socket");
     }
+    // Leftovers of batons that are gone go first; then this baton's own.
+    let runtime = RuntimeDir::claim(&runtime_dir::base(), &resolved.name)?;
+    tracing::info!(path = %runtime.path().display(), "runtime directory");
     let metrics = resolved
         .metrics
         .map(|addr| {
@@ -185,6 +189,7 @@ fn run(mut args: RunArgs, guardian: Option<std::io::Result<Guardian>>) -> anyhow
         reloader,
         systemd,
         dev: resolved.dev,
+        runtime,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -803,7 +803,7 @@ fn a_worker_that_never_notifies_is_told_what_to_try() {
         text.starts_with("not ready within 5s: no READY=1 arrived"),
         "{text}"
     );
-    assert!(text.contains("try --ready delay=1s"), "{text}");
+    assert!(text.contains("try --ready auto or --ready delay=1s"), "{text}");
     // A delay longer than the timeout has nothing to do with sd_notify.
     let mut h = Harness::serving(Settings {
         readiness: Readiness::Delay(10 * SECOND),
@@ -831,4 +831,5 @@ fn process_exits_read_well() {
     assert!(ProcessExit::Code(0).success());
 }
 
+mod auto;
 mod properties;
