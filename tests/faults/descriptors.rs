@@ -55,6 +55,27 @@ fn open_fds(pid: i32) -> usize {
         .unwrap_or(0)
 }
 
+/// Children of `parent` that exited and were not reaped.
+fn zombies_of(parent: i32) -> usize {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                let Some((_, rest)) = stat.rsplit_once(") ") else {
+                    return false;
+                };
+                let mut fields = rest.split(' ');
+                let state = fields.next();
+                let ppid = fields.next().and_then(|p| p.parse::<i32>().ok());
+                state == Some("Z") && ppid == Some(parent)
+            })
+        })
+        .count()
+}
+
 fn current_hard_limit() -> u64 {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
@@ -80,6 +101,8 @@ fn a_connection_flood_at(limit: u64) {
     traffic.serve(50);
     let (status, reload) = baton.ctl_json(&["reload"]);
     assert!(status.success(), "{reload}");
+    baton.wait_for(&["exited", " generation=1 "]);
+    let fds_before = open_fds(baton.pid());
 
     let flood_started = Instant::now();
     let control: Vec<UnixStream> = (0..100)
@@ -89,9 +112,10 @@ fn a_connection_flood_at(limit: u64) {
         .map(|_| TcpStream::connect(metrics).expect("connect"))
         .collect();
     traffic.serve(300);
+    let fds_during = open_fds(baton.pid());
     if limit >= 64 {
         // The caps keep baton below the limit.
-        let fds = open_fds(baton.pid());
+        let fds = fds_during;
         assert!(fds < limit as usize, "{fds} fds");
         // Room enough: the cap answers a client beyond it with a reason
         // (below, clients wait in the queue until descriptors come back).
@@ -127,6 +151,22 @@ fn a_connection_flood_at(limit: u64) {
     traffic.serve(50);
     let report = traffic.finish();
     assert_no_failures(&report);
+    // Nothing of the flood is kept: once the replaced generation is gone,
+    // baton holds what it held before.
+    baton.wait_for(&["exited", " generation=2 "]);
+    assert!(
+        eventually(|| open_fds(baton.pid()) <= fds_before),
+        "{} fds after the flood, {fds_before} before",
+        open_fds(baton.pid())
+    );
+    assert_eq!(zombies_of(baton.pid()), 0);
+    // For the fault table (docs/reliability.md), with --nocapture.
+    eprintln!(
+        "fault-table: flood at {limit} fds: {fds_during} fds during, {fds_before} before, {} after; {told} 'accept failed' lines in {seconds} s; {} requests, {} failed",
+        open_fds(baton.pid()),
+        report.ok,
+        report.failed_total()
+    );
     baton.signal(Signal::SIGTERM);
     assert!(baton.wait_exit().success(), "{}", baton.output());
     assert!(

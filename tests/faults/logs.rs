@@ -130,6 +130,11 @@ fn serves_reloads_and_stops(mut baton: Unread) {
     }
     let report = traffic.finish();
     assert_no_failures(&report);
+    eprintln!(
+        "fault-table: 3 reloads, {} requests, {} failed",
+        report.ok,
+        report.failed_total()
+    );
     let status = baton.stop();
     assert!(status.success(), "baton exited with {status}");
     baton.assert_nothing_left();
@@ -221,6 +226,13 @@ fn a_stderr_nobody_reads_never_stops_baton() {
     let dropped = eventually(|| log.lock().unwrap().contains("log lines dropped"));
     let text = log.lock().unwrap().clone();
     assert!(dropped, "{text}");
+    let line = text
+        .lines()
+        .find(|l| l.contains("log lines dropped"))
+        .unwrap();
+    eprintln!(
+        "fault-table: full pipe: {reloads} reloads to fill it, 250 more each answered; {line}"
+    );
     let status = baton.stop();
     assert!(status.success(), "baton exited with {status}");
     reader.join().unwrap();
@@ -266,6 +278,9 @@ fn a_worker_flooding_status_is_rate_limited() {
         .filter(|l| l.contains("worker status lines suppressed"))
         .filter_map(|l| baton_e2e::field(l, "suppressed")?.parse::<u64>().ok())
         .sum();
+    eprintln!(
+        "fault-table: STATUS flood: {shown} lines shown in {seconds} s, {suppressed} counted as suppressed"
+    );
     // Those still queued at the stop are never read; the rest are shown
     // or counted.
     assert!(

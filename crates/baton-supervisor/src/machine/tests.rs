@@ -803,7 +803,10 @@ fn a_worker_that_never_notifies_is_told_what_to_try() {
         text.starts_with("not ready within 5s: no READY=1 arrived"),
         "{text}"
     );
-    assert!(text.contains("try --ready auto or --ready delay=1s"), "{text}");
+    assert!(
+        text.contains("try --ready auto or --ready delay=1s"),
+        "{text}"
+    );
     // A delay longer than the timeout has nothing to do with sd_notify.
     let mut h = Harness::serving(Settings {
         readiness: Readiness::Delay(10 * SECOND),
