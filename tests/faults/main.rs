@@ -5,3 +5,5 @@
 //! on and nothing leaks. `cargo test --test faults`.
 //!
 //! One module per kind of fault.
+
+mod processes;

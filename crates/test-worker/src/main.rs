@@ -4,7 +4,10 @@
 //! Server::Starter) through `baton_worker`, or binds `--bind` itself, says
 //! `READY=1`, serves, and drains on SIGTERM. Knobs make it misbehave:
 //! start slowly, never get ready, exit at once, ignore the stop signal,
-//! crash, answer slowly, leave a child behind. With `--from-gen N` the
+//! crash, answer slowly, leave a child behind, start a daemon that escapes
+//! its process group, fall silent towards the watchdog. With
+//! `WATCHDOG_USEC` set it sends `WATCHDOG=1` every half interval once
+//! ready. With `--from-gen N` the
 //! knobs apply only to generations `>= N` (`BATON_GENERATION`; 0 when
 //! unset), so one command line can make only later generations misbehave.
 //!
@@ -13,9 +16,12 @@
 //! ```text
 //! test-worker pid=P generation=G listening=ADDR[,ADDR...]
 //! test-worker pid=P fork-child pid=C
+//! test-worker pid=P setsid-daemon pid=D
 //! test-worker pid=P exit-at-start code=N
 //! test-worker pid=P never-ready
 //! test-worker pid=P ready
+//! test-worker pid=P watchdog interval_ms=I
+//! test-worker pid=P watchdog silent after=N
 //! test-worker pid=P stop signal=SIGTERM draining|ignored
 //! test-worker pid=P crash-after requests=N
 //! test-worker pid=P crashing
@@ -87,6 +93,18 @@ struct Args {
     #[arg(long)]
     fork_child: bool,
 
+    /// Start a daemon that escapes this process group (fork, setsid, fork;
+    /// the middle process exits, so the daemon is adopted by the nearest
+    /// subreaper), holding the inherited sockets, ignoring SIGTERM and
+    /// sleeping forever.
+    #[arg(long)]
+    setsid_daemon: bool,
+
+    /// Send WATCHDOG=1 this many times (with WATCHDOG_USEC set), then fall
+    /// silent while still serving.
+    #[arg(long, value_name = "N")]
+    stop_watchdog_after: Option<u64>,
+
     /// Bind this address when no socket is inherited: HOST:PORT (port 0
     /// picks one; the start line tells which), or unix:PATH.
     #[arg(long, value_name = "ADDR")]
@@ -117,6 +135,8 @@ struct Knobs {
     crash_after: Option<u64>,
     work: Option<Duration>,
     fork_child: bool,
+    setsid_daemon: bool,
+    stop_watchdog_after: Option<u64>,
 }
 
 impl Knobs {
@@ -132,6 +152,8 @@ impl Knobs {
             crash_after: args.crash_after,
             work: args.work,
             fork_child: args.fork_child,
+            setsid_daemon: args.setsid_daemon,
+            stop_watchdog_after: args.stop_watchdog_after,
         }
     }
 }
@@ -191,6 +213,10 @@ fn run(args: Args, startup: Startup) -> anyhow::Result<ExitCode> {
     if knobs.fork_child {
         let child = fork_child().context("fork")?;
         log!("test-worker pid={pid} fork-child pid={child}");
+    }
+    if knobs.setsid_daemon {
+        let daemon = setsid_daemon().context("starting the daemon")?;
+        log!("test-worker pid={pid} setsid-daemon pid={daemon}");
     }
     if let Some(code) = knobs.exit_at_start {
         log!("test-worker pid={pid} exit-at-start code={code}");
@@ -252,6 +278,55 @@ fn fork_child() -> std::io::Result<libc::pid_t> {
         }
     }
     Ok(pid)
+}
+
+/// Starts a daemon the classic way: fork, `setsid`, fork again and let the
+/// middle process exit. Returns the daemon's pid.
+fn setsid_daemon() -> std::io::Result<libc::pid_t> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two new descriptors into the array.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let [read, write] = fds;
+    // SAFETY: no other thread exists yet (the runtime has not started);
+    // both children only make async-signal-safe calls and never return
+    // into Rust code.
+    let middle = unsafe { libc::fork() };
+    if middle < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if middle == 0 {
+        // SAFETY: async-signal-safe calls only, in the child of a fork.
+        unsafe {
+            libc::setsid();
+            let daemon = libc::fork();
+            if daemon == 0 {
+                libc::close(read);
+                libc::close(write);
+                libc::signal(libc::SIGTERM, libc::SIG_IGN);
+                loop {
+                    libc::pause();
+                }
+            }
+            libc::write(write, (&raw const daemon).cast(), size_of::<libc::pid_t>());
+            libc::_exit(0);
+        }
+    }
+    let mut daemon: libc::pid_t = 0;
+    // SAFETY: closes our copy of the write end, reads into a local, and
+    // waits for our own child.
+    let n = unsafe {
+        libc::close(write);
+        let n = libc::read(read, (&raw mut daemon).cast(), size_of::<libc::pid_t>());
+        libc::close(read);
+        libc::waitpid(middle, std::ptr::null_mut(), 0);
+        n
+    };
+    if n != size_of::<libc::pid_t>() as isize || daemon <= 0 {
+        return Err(std::io::Error::other("the daemon did not start"));
+    }
+    Ok(daemon)
 }
 
 struct App {
@@ -331,6 +406,9 @@ async fn work(app: Arc<App>, listeners: Vec<Listener>, idle_grace: Duration) -> 
     let _ = app.ready_ns.set(monotonic_ns());
     baton_worker::notify_ready()?;
     log!("test-worker pid={pid} ready");
+    if let Some(interval) = baton_worker::watchdog_interval() {
+        tokio::spawn(watchdog(pid, interval, app.knobs.stop_watchdog_after));
+    }
 
     for server in servers {
         server.await.context("serving")?;
@@ -341,6 +419,28 @@ async fn work(app: Arc<App>, listeners: Vec<Listener>, idle_grace: Duration) -> 
     }
     log!("test-worker pid={pid} drained");
     Ok(())
+}
+
+/// Send `WATCHDOG=1` every half interval; after `limit` pings, fall silent.
+async fn watchdog(pid: u32, interval: Duration, limit: Option<u64>) {
+    log!(
+        "test-worker pid={pid} watchdog interval_ms={}",
+        interval.as_millis()
+    );
+    let mut tick = tokio::time::interval(interval / 2);
+    let mut sent = 0;
+    loop {
+        tick.tick().await;
+        if limit.is_some_and(|limit| sent >= limit) {
+            log!("test-worker pid={pid} watchdog silent after={sent}");
+            return;
+        }
+        if let Err(error) = baton_worker::notify("WATCHDOG=1") {
+            log!("test-worker pid={pid} error: {error}");
+            return;
+        }
+        sent += 1;
+    }
 }
 
 async fn handle(
