@@ -8,6 +8,7 @@
 //! the I/O they ask for:
 //!
 //! - [`processes`]: the one table of pids and process groups, and the reaper;
+//! - [`escapees`]: baton's children outside every generation, stopped at exit;
 //! - [`observe`]: logs, systemd and the reload ledger, from the machine's notices;
 //! - [`build`]: the dev loop's build step;
 //! - [`sampling`]: what each generation costs, measured off the loop.
@@ -18,6 +19,7 @@
 
 mod blueprint;
 mod build;
+mod escapees;
 mod ledger;
 mod observe;
 mod processes;
@@ -71,6 +73,9 @@ pub enum DriverError {
     /// baton cannot become a child subreaper.
     #[error("cannot become a child subreaper: {0}")]
     Subreaper(io::Error),
+    /// No worker could ever start: the machine gave up (the reason says how).
+    #[error("{0}")]
+    GaveUp(String),
 }
 
 /// The driver. See the [module docs](self).
@@ -212,8 +217,40 @@ impl Driver {
         self.observer.ledger.close("baton has stopped");
         tasks.in_flight.settle(Duration::from_secs(1)).await;
         drop(tasks);
+        self.stop_escapees().await;
+        let gave_up = self.machine.gave_up().map(str::to_owned);
         self.finish();
-        Ok(())
+        gave_up.map_or(Ok(()), |reason| Err(DriverError::GaveUp(reason)))
+    }
+
+    /// Stop baton's children that escaped their generation (they may hold
+    /// a listening socket): SIGTERM, then SIGKILL after the drain timeout.
+    async fn stop_escapees(&mut self) {
+        let force = self.interrupts >= 2;
+        let mut stopper = escapees::Stopper::new(self.machine.settings().drain_timeout, force);
+        loop {
+            self.processes.reap();
+            let escaped = escapees::find(std::process::id() as i32, &self.known());
+            if stopper.step(&escaped, Instant::now()) {
+                break;
+            }
+            tokio::time::sleep(escapees::Stopper::poll()).await;
+        }
+        let stopped = stopper.stopped;
+        if !stopped.terminated.is_empty() || !stopped.killed.is_empty() {
+            tracing::info!(
+                terminated = stopped.terminated.len(),
+                killed = stopped.killed.len(),
+                "escaped processes stopped"
+            );
+        }
+    }
+
+    /// What is not escaped among baton's children.
+    fn known(&self) -> escapees::Known {
+        let (pids, mut groups) = self.processes.helpers();
+        groups.extend(self.processes.live_groups().map(|(_, pgid)| pgid));
+        escapees::Known { pids, groups }
     }
 
     /// The servers and the sampler are tasks of their own: a slow client
@@ -253,7 +290,7 @@ impl Driver {
                         }
                     }
                     Action::Drain { generation, signal } => {
-                        self.processes.signal(generation, to_signal(signal))
+                        self.processes.drain(generation, to_signal(signal))
                     }
                     Action::Kill { generation } => {
                         self.processes.signal(generation, Signal::SIGKILL)
@@ -266,7 +303,7 @@ impl Driver {
                         let outcome = self.observer.observe(notice, &self.processes);
                         self.watch_reload_done(outcome);
                     }
-                    Action::Exit => return true,
+                    Action::Exit | Action::GiveUp { .. } => return true,
                 }
             }
         }
@@ -291,6 +328,7 @@ impl Driver {
                 generation,
                 sockets: &sockets,
                 notify_socket: notify.path(),
+                watchdog: self.machine.generation(generation).and_then(|g| g.watchdog),
             },
             env: self.blueprint.environment(),
             output: None,
@@ -393,11 +431,15 @@ impl Driver {
         if let Some(status) = &note.status {
             tracing::info!(generation, sender, %status, "worker status");
         }
-        if !note.ready {
-            return Vec::new();
+        let mut events = Vec::new();
+        if note.watchdog {
+            events.push(Event::WatchdogPing { generation });
         }
-        tracing::info!(generation, sender, "READY=1 received");
-        vec![Event::Ready { generation }]
+        if note.ready {
+            tracing::info!(generation, sender, "READY=1 received");
+            events.push(Event::Ready { generation });
+        }
+        events
     }
 
     /// Watched files changed.
@@ -515,7 +557,11 @@ impl Driver {
                     state: state.phase.name().to_owned(),
                     started_at: unix_now - age.as_secs_f64(),
                     ready_ms: state.ready_after.map(|d| d.as_millis() as u64),
-                    usage: pid.and_then(|p| usage.get(&p)).cloned().unwrap_or_default(),
+                    silent: state.is_silent(),
+                    usage: pid
+                        .and_then(|p| usage.usage.get(&p))
+                        .cloned()
+                        .unwrap_or_default(),
                 }
             })
             .collect();
@@ -535,6 +581,8 @@ impl Driver {
             generations,
             reloads: self.observer.ledger.history(),
             counters: self.observer.ledger.counters.clone(),
+            escaped: usage.escaped.clone(),
+            guardian: self.processes.guardian(),
         }
     }
 
@@ -548,8 +596,17 @@ impl Driver {
             .filter_map(|(g, _)| self.processes.pid(g))
             .collect();
         let all = self.processes.live_groups().map(|(_, pid)| pid).collect();
-        self.sample_groups
-            .send_if_modified(|groups| replace_if_changed(groups, Groups { all, draining }));
+        let known = self.known();
+        self.sample_groups.send_if_modified(|groups| {
+            replace_if_changed(
+                groups,
+                Groups {
+                    all,
+                    draining,
+                    known,
+                },
+            )
+        });
         if let Some(snapshots) = &self.snapshots {
             snapshots.send_replace(Arc::new(Snapshot {
                 status: self.status(),

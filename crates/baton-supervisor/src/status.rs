@@ -1,6 +1,7 @@
 //! What baton reports about itself: listeners, generations with what each
-//! costs (CPU, memory, threads, descriptors), the reload history and the
-//! counters. The same value answers `baton ctl status` and `GET /status`,
+//! costs (CPU, memory, threads, descriptors) and whether it is stopped or
+//! silent, processes that escaped their generation, the guardian, the
+//! reload history and the counters. The same value answers `baton ctl status` and `GET /status`,
 //! and feeds the Prometheus metrics.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -31,6 +32,34 @@ pub struct Status {
     pub reloads: Vec<ReloadRecord>,
     /// Counters since baton started.
     pub counters: Counters,
+    /// baton's children that belong to no generation (adopted as a
+    /// subreaper: a worker's `setsid` daemon, say), at the last sample.
+    #[serde(default)]
+    pub escaped: Vec<EscapedProcess>,
+    /// The guardian, if baton runs with one.
+    #[serde(default)]
+    pub guardian: Option<GuardianStatus>,
+}
+
+/// A process baton adopted that is in no generation's process group: it
+/// may hold a listening socket, and baton stops it when it exits.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct EscapedProcess {
+    /// Its pid.
+    pub pid: i32,
+    /// Its process group.
+    pub pgid: i32,
+    /// Its command line, spaces between the arguments.
+    pub command: String,
+}
+
+/// The guardian process (see [`crate::guardian`]).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct GuardianStatus {
+    /// Its pid; none while a replacement could not be started.
+    pub pid: Option<i32>,
+    /// How many times it was replaced.
+    pub restarts: u32,
 }
 
 /// One listening socket.
@@ -58,6 +87,9 @@ pub struct GenerationStatus {
     pub started_at: f64,
     /// Spawn to ready, once ready.
     pub ready_ms: Option<u64>,
+    /// It missed its watchdog deadline (no `WATCHDOG=1` since).
+    #[serde(default)]
+    pub silent: bool,
     /// What its process group cost at the last sample (zero before one).
     #[serde(flatten)]
     pub usage: Usage,
@@ -161,6 +193,10 @@ pub struct Usage {
     pub open_fds: u64,
     /// Established TCP connections it still holds (sampled while draining).
     pub connections: Option<u64>,
+    /// Processes of the group that are stopped (state `T`: SIGSTOP, a
+    /// debugger): they neither serve nor drain.
+    #[serde(default)]
+    pub stopped: u32,
 }
 
 /// Samples the cost of worker process groups: CPU and memory from
@@ -192,7 +228,7 @@ impl Sampler {
         groups: &[i32],
         with_connections: &HashSet<i32>,
     ) -> HashMap<i32, Usage> {
-        let members = group_members(groups);
+        let (members, stopped) = group_members(groups);
         let pids: Vec<Pid> = members
             .values()
             .flatten()
@@ -222,6 +258,7 @@ impl Sampler {
         for (&pgid, pids) in &members {
             let mut u = Usage {
                 processes: pids.len() as u32,
+                stopped: stopped.get(&pgid).copied().unwrap_or(0),
                 ..Usage::default()
             };
             let mut connections = 0;
@@ -247,12 +284,14 @@ impl Sampler {
     }
 }
 
-/// The live (not zombie) members of each process group.
-fn group_members(groups: &[i32]) -> BTreeMap<i32, Vec<i32>> {
+/// The live (not zombie) members of each process group, and how many of
+/// them are stopped.
+fn group_members(groups: &[i32]) -> (BTreeMap<i32, Vec<i32>>, HashMap<i32, u32>) {
     let wanted: HashSet<i32> = groups.iter().copied().collect();
     let mut members: BTreeMap<i32, Vec<i32>> = groups.iter().map(|&g| (g, Vec::new())).collect();
+    let mut stopped = HashMap::new();
     let Ok(entries) = std::fs::read_dir("/proc") else {
-        return members;
+        return (members, stopped);
     };
     for pid in entries.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok()) {
         let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
@@ -270,9 +309,12 @@ fn group_members(groups: &[i32]) -> BTreeMap<i32, Vec<i32>> {
             && state != "X"
         {
             members.entry(pgrp).or_default().push(pid);
+            if state == "T" || state == "t" {
+                *stopped.entry(pgrp).or_default() += 1;
+            }
         }
     }
-    members
+    (members, stopped)
 }
 
 fn threads(pid: i32) -> u64 {

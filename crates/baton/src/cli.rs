@@ -91,6 +91,14 @@ pub struct RunArgs {
     /// The most generations draining at once; a reload beyond it kills the oldest.
     #[arg(long, value_name = "N", value_parser = parse_count::<NonZeroUsize>)]
     pub max_draining: Option<NonZeroUsize>,
+    /// Ask workers for sd_notify watchdog pings (WATCHDOG_USEC): an active
+    /// worker that sends no WATCHDOG=1 for this long is replaced; 0 turns it off.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub watchdog: Option<Duration>,
+    /// Give up and exit 1 after this many failed starts in a row while no
+    /// worker was ever ready; after one was, failures are only backed off.
+    #[arg(long, value_name = "N", value_parser = parse_count::<NonZeroU32>)]
+    pub start_limit: Option<NonZeroU32>,
     /// This baton's name, for its control socket [default: the command's file name].
     #[arg(long, value_name = "NAME", value_parser = parse_name)]
     pub name: Option<String>,

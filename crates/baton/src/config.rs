@@ -52,6 +52,10 @@ pub struct FileConfig {
     drain_timeout: Option<Duration>,
     #[serde(default, deserialize_with = "count")]
     max_draining: Option<NonZeroUsize>,
+    #[serde(default, deserialize_with = "duration")]
+    watchdog: Option<Duration>,
+    #[serde(default, deserialize_with = "count")]
+    start_limit: Option<NonZeroU32>,
     #[serde(default, deserialize_with = "name")]
     name: Option<String>,
     control: Option<PathBuf>,
@@ -80,7 +84,7 @@ pub const DEFAULT_MIN_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Each `baton run` option with a fixed default (by its id), and that
 /// default as it would be written on the command line.
-pub fn defaults() -> [(&'static str, String); 9] {
+pub fn defaults() -> [(&'static str, String); 10] {
     let settings = Settings::default();
     [
         ("backlog", BindOptions::default().backlog.to_string()),
@@ -95,6 +99,7 @@ pub fn defaults() -> [(&'static str, String); 9] {
             cli::format_duration(settings.drain_timeout),
         ),
         ("max_draining", settings.max_draining.to_string()),
+        ("start_limit", settings.start_limit.to_string()),
         ("control_mode", format!("{DEFAULT_CONTROL_MODE:04o}")),
         ("debounce", cli::format_duration(DEFAULT_DEBOUNCE)),
         ("min_interval", cli::format_duration(DEFAULT_MIN_INTERVAL)),
@@ -257,6 +262,16 @@ pub fn resolve(
             .max_draining
             .or(file.max_draining)
             .unwrap_or(defaults.max_draining),
+        // `0` turns it off, whichever layer says so.
+        watchdog: args
+            .watchdog
+            .or(file.watchdog)
+            .or(defaults.watchdog)
+            .filter(|interval| !interval.is_zero()),
+        start_limit: args
+            .start_limit
+            .or(file.start_limit)
+            .unwrap_or(defaults.start_limit),
         ..defaults
     };
     let bind = BindOptions::default();
@@ -378,6 +393,10 @@ pub fn render(resolved: &Resolved) -> String {
     out.push(format!("stop_signal = {}", s.stop_signal));
     out.push(format!("drain_timeout = {:?}", s.drain_timeout));
     out.push(format!("max_draining = {}", s.max_draining));
+    if let Some(interval) = s.watchdog {
+        out.push(format!("watchdog = {interval:?}"));
+    }
+    out.push(format!("start_limit = {}", s.start_limit));
     out.push(format!("name = {}", resolved.name));
     out.push(match &resolved.control {
         Some(path) => format!("control = {}", path.display()),

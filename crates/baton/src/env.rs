@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use crate::cli::{self, RunArgs};
 
 /// The config-file keys that have a variable, in `baton run --help` order.
-pub const KEYS: [&str; 14] = [
+pub const KEYS: [&str; 16] = [
     "backlog",
     "unix_mode",
     "ready",
@@ -24,6 +24,8 @@ pub const KEYS: [&str; 14] = [
     "stop_signal",
     "drain_timeout",
     "max_draining",
+    "watchdog",
+    "start_limit",
     "name",
     "control",
     "control_mode",
@@ -66,6 +68,8 @@ pub fn fill(args: &mut RunArgs, lookup: impl Fn(&str) -> Option<OsString>) -> Re
         cli::parse_duration,
     )?;
     vars.fill(&mut args.max_draining, "max_draining", cli::parse_count)?;
+    vars.fill(&mut args.watchdog, "watchdog", cli::parse_duration)?;
+    vars.fill(&mut args.start_limit, "start_limit", cli::parse_count)?;
     vars.fill(&mut args.name, "name", cli::parse_name)?;
     if args.control.is_none() {
         // A path need not be UTF-8.
@@ -143,6 +147,8 @@ mod tests {
             ("BATON_STOP_SIGNAL", "QUIT"),
             ("BATON_DRAIN_TIMEOUT", "6s"),
             ("BATON_MAX_DRAINING", "2"),
+            ("BATON_WATCHDOG", "10s"),
+            ("BATON_START_LIMIT", "3"),
             ("BATON_NAME", "app"),
             ("BATON_CONTROL", "/run/app.sock"),
             ("BATON_CONTROL_MODE", "0660"),

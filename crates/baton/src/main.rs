@@ -23,6 +23,11 @@ use crate::cli::{CheckArgs, Cli, Command, CtlAction, CtlArgs, LogFormat, RunArgs
 use crate::config::ConfigError;
 
 fn main() -> ExitCode {
+    // baton's guardian is this binary under another name: it must do
+    // nothing else (no argument parsing, no logging set-up).
+    if baton_supervisor::guardian::is_guardian() {
+        baton_supervisor::guardian::serve();
+    }
     let cli = cli::parse();
     init_logging(cli.log_format, &cli.log_level);
     let result = match cli.command {
@@ -144,7 +149,7 @@ fn run(mut args: RunArgs) -> anyhow::Result<()> {
         systemd,
         dev: resolved.dev,
     };
-    // Forked while baton has one thread: before the runtime exists.
+    // Before the runtime, so that no worker can exist unguarded.
     let guardian = Guardian::start().context("cannot start the guardian process")?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
