@@ -217,40 +217,12 @@ impl Driver {
         self.observer.ledger.close("baton has stopped");
         tasks.in_flight.settle(Duration::from_secs(1)).await;
         drop(tasks);
-        self.stop_escapees().await;
+        let force = self.interrupts >= 2;
+        let timeout = self.machine.settings().drain_timeout;
+        escapees::stop(&mut self.processes, timeout, force).await;
         let gave_up = self.machine.gave_up().map(str::to_owned);
         self.finish();
         gave_up.map_or(Ok(()), |reason| Err(DriverError::GaveUp(reason)))
-    }
-
-    /// Stop baton's children that escaped their generation (they may hold
-    /// a listening socket): SIGTERM, then SIGKILL after the drain timeout.
-    async fn stop_escapees(&mut self) {
-        let force = self.interrupts >= 2;
-        let mut stopper = escapees::Stopper::new(self.machine.settings().drain_timeout, force);
-        loop {
-            self.processes.reap();
-            let escaped = escapees::find(std::process::id() as i32, &self.known());
-            if stopper.step(&escaped, Instant::now()) {
-                break;
-            }
-            tokio::time::sleep(escapees::Stopper::poll()).await;
-        }
-        let stopped = stopper.stopped;
-        if !stopped.terminated.is_empty() || !stopped.killed.is_empty() {
-            tracing::info!(
-                terminated = stopped.terminated.len(),
-                killed = stopped.killed.len(),
-                "escaped processes stopped"
-            );
-        }
-    }
-
-    /// What is not escaped among baton's children.
-    fn known(&self) -> escapees::Known {
-        let (pids, mut groups) = self.processes.helpers();
-        groups.extend(self.processes.live_groups().map(|(_, pgid)| pgid));
-        escapees::Known { pids, groups }
     }
 
     /// The servers and the sampler are tasks of their own: a slow client
@@ -596,7 +568,7 @@ impl Driver {
             .filter_map(|(g, _)| self.processes.pid(g))
             .collect();
         let all = self.processes.live_groups().map(|(_, pid)| pid).collect();
-        let known = self.known();
+        let known = escapees::known(&self.processes);
         self.sample_groups.send_if_modified(|groups| {
             replace_if_changed(
                 groups,

@@ -410,6 +410,32 @@ mod tests {
     }
 
     #[test]
+    fn a_stopped_member_is_counted() {
+        use std::os::unix::process::CommandExt;
+        let mut child = std::process::Command::new("sleep")
+            .arg("60")
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let pgid = child.id() as i32;
+        let stop = |signal| nix::sys::signal::kill(nix::unistd::Pid::from_raw(pgid), signal);
+        stop(nix::sys::signal::Signal::SIGSTOP).unwrap();
+        let mut sampler = Sampler::new().expect("sysinfo");
+        let mut stopped = 0;
+        // The stop is asynchronous: look until it shows (or for 10 s).
+        for _ in 0..500 {
+            stopped = sampler.sample(&[pgid], &HashSet::new())[&pgid].stopped;
+            if stopped == 1 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        stop(nix::sys::signal::Signal::SIGKILL).unwrap();
+        child.wait().unwrap();
+        assert_eq!(stopped, 1);
+    }
+
+    #[test]
     fn status_round_trips_through_json() {
         let status = Status {
             version: "1".into(),

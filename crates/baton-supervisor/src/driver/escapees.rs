@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 
+use super::processes::ProcessTable;
 use crate::status::EscapedProcess;
 
 /// How often to look again while waiting for escaped processes to go.
@@ -30,6 +31,36 @@ pub(super) struct Known {
     pub pids: HashSet<i32>,
     /// Generation and build process groups.
     pub groups: HashSet<i32>,
+}
+
+/// What is not escaped among baton's children now.
+pub(super) fn known(processes: &ProcessTable) -> Known {
+    let (pids, mut groups) = processes.helpers();
+    groups.extend(processes.live_groups().map(|(_, pgid)| pgid));
+    Known { pids, groups }
+}
+
+/// Stop baton's children that escaped their generation (they may hold a
+/// listening socket) as baton exits: SIGTERM, then SIGKILL after
+/// `timeout` (at once with `force`), reaping as they go.
+pub(super) async fn stop(processes: &mut ProcessTable, timeout: Duration, force: bool) {
+    let mut stopper = Stopper::new(timeout, force);
+    loop {
+        processes.reap();
+        let escaped = find(std::process::id() as i32, &known(processes));
+        if stopper.step(&escaped, Instant::now()) {
+            break;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    let stopped = stopper.stopped;
+    if !stopped.terminated.is_empty() || !stopped.killed.is_empty() {
+        tracing::info!(
+            terminated = stopped.terminated.len(),
+            killed = stopped.killed.len(),
+            "escaped processes stopped"
+        );
+    }
 }
 
 /// baton's live children that escaped their generation.
@@ -89,24 +120,24 @@ fn signal(process: &EscapedProcess, signal: Signal) {
 
 /// What [`Stopper`] did.
 #[derive(Debug, Default)]
-pub(super) struct Stopped {
+struct Stopped {
     pub terminated: BTreeSet<i32>,
     pub killed: BTreeSet<i32>,
 }
 
-/// Stops escaped processes as baton exits: call [`Stopper::step`] with
-/// what is escaped now until it returns true, reaping in between.
+/// Stops escaped processes: call [`Stopper::step`] with what is escaped
+/// now until it returns true, reaping in between.
 #[derive(Debug)]
-pub(super) struct Stopper {
+struct Stopper {
     kill_at: Instant,
     give_up_at: Instant,
-    pub stopped: Stopped,
+    stopped: Stopped,
 }
 
 impl Stopper {
     /// SIGTERM first and SIGKILL after `timeout`; SIGKILL at once with
     /// `force` (a second Ctrl-C).
-    pub fn new(timeout: Duration, force: bool) -> Self {
+    fn new(timeout: Duration, force: bool) -> Self {
         let now = Instant::now();
         let kill_at = if force { now } else { now + timeout };
         Stopper {
@@ -118,7 +149,7 @@ impl Stopper {
 
     /// Signal what is escaped `now`; true once nothing is, or once
     /// waiting longer is pointless.
-    pub fn step(&mut self, escaped: &[EscapedProcess], now: Instant) -> bool {
+    fn step(&mut self, escaped: &[EscapedProcess], now: Instant) -> bool {
         if escaped.is_empty() {
             return true;
         }
@@ -144,11 +175,6 @@ impl Stopper {
             }
         }
         false
-    }
-
-    /// How long to wait before the next look.
-    pub fn poll() -> Duration {
-        POLL
     }
 }
 
