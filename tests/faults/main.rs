@@ -6,4 +6,5 @@
 //!
 //! One module per kind of fault.
 
+mod local_users;
 mod processes;

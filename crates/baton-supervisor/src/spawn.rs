@@ -1,5 +1,7 @@
 //! Start a worker: fork, put its sockets at fds 3, 4, …, set `LISTEN_PID`
-//! (and `WATCHDOG_PID`, with a watchdog) to its own pid, exec.
+//! (and `WATCHDOG_PID`, with a watchdog) to its own pid, exec. Workers also
+//! get the variables of [other supervisors](supervisors) for the same
+//! descriptors.
 //!
 //! `LISTEN_PID` must equal the worker's pid, which exists only after fork;
 //! `std::process::Command` installs the environment after `pre_exec` runs
@@ -18,6 +20,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub mod supervisors;
+
 /// Variables of baton's own environment that must not reach a worker: they
 /// describe baton's sockets and baton's notify socket, not the worker's.
 pub const PRIVATE_VARIABLES: &[&str] = &[
@@ -31,6 +35,12 @@ pub const PRIVATE_VARIABLES: &[&str] = &[
     "WATCHDOG_USEC",
     "FDSTORE",
     "BATON_GENERATION",
+    // Set for each worker from its own sockets (see `supervisors`).
+    "SERVER_STARTER_PORT",
+    "SERVER_STARTER_GENERATION",
+    "EINHORN_FD_COUNT",
+    "EINHORN_MASTER_PID",
+    "NGINX",
 ];
 
 /// What went wrong starting a worker.
@@ -50,7 +60,7 @@ pub enum SpawnError {
     Child {
         /// What it was doing.
         stage: &'static str,
-        /// The program.
+        /// The program as resolved, for the message.
         program: String,
         /// The error.
         source: io::Error,
@@ -72,9 +82,9 @@ pub struct WorkerCommand {
 #[derive(Debug)]
 pub enum Role<'a> {
     /// A generation's worker: its sockets land at fds 3, 4, … and it gets
-    /// `LISTEN_FDS`, `LISTEN_PID`, `LISTEN_FDNAMES`, `NOTIFY_SOCKET` and
-    /// `BATON_GENERATION` (and `WATCHDOG_USEC`, `WATCHDOG_PID` with a
-    /// watchdog).
+    /// `LISTEN_FDS`, `LISTEN_PID`, `LISTEN_FDNAMES`, `NOTIFY_SOCKET`,
+    /// `BATON_GENERATION` and [other supervisors' variables](supervisors)
+    /// (and `WATCHDOG_USEC`, `WATCHDOG_PID` with a watchdog).
     Worker {
         /// Its generation number.
         generation: u64,
@@ -102,7 +112,7 @@ impl Role<'_> {
 /// One process to start.
 #[derive(Debug)]
 pub struct SpawnRequest<'a> {
-    /// The command.
+    /// What to exec, and where.
     pub command: &'a WorkerCommand,
     /// A worker or a helper.
     pub role: Role<'a>,
@@ -203,7 +213,8 @@ impl PreparedExec {
         }
         let mut env = Vec::new();
         for (key, value) in &request.env {
-            let private = PRIVATE_VARIABLES.iter().any(|v| OsStr::new(v) == key);
+            let private = PRIVATE_VARIABLES.iter().any(|v| OsStr::new(v) == key)
+                || key.as_bytes().starts_with(b"EINHORN_FD_");
             if !private {
                 let mut pair = key.clone().into_vec();
                 pair.push(b'=');
@@ -226,6 +237,10 @@ impl PreparedExec {
             notify.extend_from_slice(notify_socket.as_os_str().as_bytes());
             env.push(cstring(notify)?);
             env.push(cstring(format!("BATON_GENERATION={generation}"))?);
+            let fds: Vec<BorrowedFd<'_>> = sockets.iter().map(|(_, fd)| *fd).collect();
+            for var in supervisors::variables(generation, &fds, std::process::id()) {
+                env.push(cstring(var)?);
+            }
             if let Some(interval) = watchdog {
                 env.push(cstring(format!("WATCHDOG_USEC={}", interval.as_micros()))?);
                 watchdog_pid = Some(Box::new([0u8; 32]));
