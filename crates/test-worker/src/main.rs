@@ -4,9 +4,10 @@
 //! Server::Starter) through `baton_worker`, or binds `--bind` itself, says
 //! `READY=1`, serves, and drains on SIGTERM. Knobs make it misbehave:
 //! start slowly, never get ready, exit at once, ignore the stop signal,
-//! crash, answer slowly, leave a child behind. With `--from-gen N` the
-//! knobs apply only to generations `>= N` (`BATON_GENERATION`; 0 when
-//! unset), so one command line can make only later generations misbehave.
+//! crash, answer slowly, leave a child behind, shut the shared listener
+//! down. With `--from-gen N` the knobs apply only to generations `>= N`
+//! (`BATON_GENERATION`; 0 when unset), with `--to-gen N` only to those
+//! `<= N`, so one command line can make only some generations misbehave.
 //!
 //! Lines on stderr (one event each, `P` = this process's pid):
 //!
@@ -20,12 +21,15 @@
 //! test-worker pid=P crash-after requests=N
 //! test-worker pid=P crashing
 //! test-worker pid=P drained
+//! test-worker pid=P shutdown-listener how=rd|rdwr fd=N
+//! test-worker pid=P signal=SIGUSR1
 //! test-worker pid=P error: MESSAGE
 //! ```
 //!
 //! `ADDR` is `host:port` for TCP, `unix:PATH` for a unix socket.
 
 use std::convert::Infallible;
+use std::os::fd::AsRawFd;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -101,6 +105,22 @@ struct Args {
     #[arg(long, value_name = "N")]
     from_gen: Option<u64>,
 
+    /// Apply the misbehaviour knobs only when BATON_GENERATION <= N.
+    #[arg(long, value_name = "N")]
+    to_gen: Option<u64>,
+
+    /// Call `shutdown(2)` on the first listening socket right after the
+    /// start line (`rd` or `rdwr`): it stops listening for every process
+    /// that holds it, baton included. A fault for baton to repair.
+    #[arg(long, value_name = "rd|rdwr", value_parser = parse_shutdown)]
+    shutdown_listener: Option<libc::c_int>,
+
+    /// Catch these signals (names like USR1, ALRM; repeatable or
+    /// comma-separated) and log each one instead of dying of it. Not
+    /// gated by --from-gen.
+    #[arg(long, value_name = "SIGNAL", value_delimiter = ',', value_parser = parse_signal)]
+    log_signals: Vec<libc::c_int>,
+
     /// Read this file at startup and answer `GET /answer` with its content
     /// (stands in for "the code" a dev-loop build step produces).
     #[arg(long, value_name = "FILE")]
@@ -117,11 +137,14 @@ struct Knobs {
     crash_after: Option<u64>,
     work: Option<Duration>,
     fork_child: bool,
+    shutdown_listener: Option<libc::c_int>,
 }
 
 impl Knobs {
     fn for_generation(args: &Args, generation: u64) -> Knobs {
-        if args.from_gen.is_some_and(|from| generation < from) {
+        if args.from_gen.is_some_and(|from| generation < from)
+            || args.to_gen.is_some_and(|to| generation > to)
+        {
             return Knobs::default();
         }
         Knobs {
@@ -132,6 +155,7 @@ impl Knobs {
             crash_after: args.crash_after,
             work: args.work,
             fork_child: args.fork_child,
+            shutdown_listener: args.shutdown_listener,
         }
     }
 }
@@ -192,6 +216,18 @@ fn run(args: Args, startup: Startup) -> anyhow::Result<ExitCode> {
         let child = fork_child().context("fork")?;
         log!("test-worker pid={pid} fork-child pid={child}");
     }
+    if let (Some(how), Some(first)) = (knobs.shutdown_listener, listeners.first()) {
+        let fd = match first {
+            Listener::Tcp(l) => l.as_raw_fd(),
+            Listener::Unix(l) => l.as_raw_fd(),
+        };
+        // SAFETY: shutdown on a descriptor this process holds; no memory is touched.
+        if unsafe { libc::shutdown(fd, how) } != 0 {
+            bail!("shutdown(fd {fd}): {}", std::io::Error::last_os_error());
+        }
+        let how = if how == libc::SHUT_RD { "rd" } else { "rdwr" };
+        log!("test-worker pid={pid} shutdown-listener how={how} fd={fd}");
+    }
     if let Some(code) = knobs.exit_at_start {
         log!("test-worker pid={pid} exit-at-start code={code}");
         return Ok(ExitCode::from(code));
@@ -219,7 +255,10 @@ fn run(args: Args, startup: Startup) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;
-    runtime.block_on(work(app, listeners, args.idle_grace))?;
+    runtime.block_on(async {
+        log_signals(pid, &args.log_signals)?;
+        work(app, listeners, args.idle_grace).await
+    })?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -231,6 +270,62 @@ fn bind(addr: &str) -> anyhow::Result<Listener> {
     }
     let listener = std::net::TcpListener::bind(addr).with_context(|| format!("binding {addr}"))?;
     Ok(Listener::Tcp(listener))
+}
+
+/// `--log-signals`: one line per signal received, for as long as the runtime runs.
+fn log_signals(pid: u32, signals: &[libc::c_int]) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    for &number in signals {
+        let mut stream = signal(SignalKind::from_raw(number))
+            .with_context(|| format!("catching signal {number}"))?;
+        let name = signal_name(number);
+        tokio::spawn(async move {
+            while stream.recv().await.is_some() {
+                log!("test-worker pid={pid} signal={name}");
+            }
+        });
+    }
+    Ok(())
+}
+
+/// The signals `--log-signals` knows by name.
+const SIGNALS: [(&str, libc::c_int); 12] = [
+    ("HUP", libc::SIGHUP),
+    ("INT", libc::SIGINT),
+    ("QUIT", libc::SIGQUIT),
+    ("USR1", libc::SIGUSR1),
+    ("USR2", libc::SIGUSR2),
+    ("ALRM", libc::SIGALRM),
+    ("TERM", libc::SIGTERM),
+    ("WINCH", libc::SIGWINCH),
+    ("PWR", libc::SIGPWR),
+    ("VTALRM", libc::SIGVTALRM),
+    ("PROF", libc::SIGPROF),
+    ("IO", libc::SIGIO),
+];
+
+fn parse_signal(text: &str) -> Result<libc::c_int, String> {
+    let name = text.strip_prefix("SIG").unwrap_or(text);
+    SIGNALS
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|&(_, number)| number)
+        .ok_or_else(|| format!("unknown signal {text:?}"))
+}
+
+fn signal_name(number: libc::c_int) -> String {
+    SIGNALS
+        .iter()
+        .find(|&&(_, n)| n == number)
+        .map_or_else(|| number.to_string(), |(name, _)| format!("SIG{name}"))
+}
+
+fn parse_shutdown(text: &str) -> Result<libc::c_int, String> {
+    match text {
+        "rd" => Ok(libc::SHUT_RD),
+        "rdwr" => Ok(libc::SHUT_RDWR),
+        _ => Err("expected rd or rdwr".into()),
+    }
 }
 
 /// Forks a child that ignores SIGTERM and pauses forever.
@@ -514,6 +609,17 @@ mod tests {
         assert!(Knobs::for_generation(&args, 3).never_ready);
         let args = Args::parse_from(["test-worker", "--never-ready"]);
         assert!(Knobs::for_generation(&args, 0).never_ready);
+        let args = Args::parse_from([
+            "test-worker",
+            "--never-ready",
+            "--from-gen",
+            "2",
+            "--to-gen",
+            "2",
+        ]);
+        assert!(!Knobs::for_generation(&args, 1).never_ready);
+        assert!(Knobs::for_generation(&args, 2).never_ready);
+        assert!(!Knobs::for_generation(&args, 3).never_ready);
     }
 
     #[test]
