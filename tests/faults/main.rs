@@ -5,3 +5,6 @@
 //! on and nothing leaks. `cargo test --test faults`.
 //!
 //! One module per kind of fault.
+
+mod listener;
+mod signals;

@@ -10,7 +10,9 @@
 //! - [`processes`]: the one table of pids and process groups, and the reaper;
 //! - [`observe`]: logs, systemd and the reload ledger, from the machine's notices;
 //! - [`build`]: the dev loop's build step;
-//! - [`sampling`]: what each generation costs, measured off the loop.
+//! - [`sampling`]: what each generation costs, measured off the loop;
+//! - [`listening`]: listener health: check, repair, hand over;
+//! - [`signals`]: what each signal baton receives does.
 //!
 //! Call [`Driver::run`] from a current-thread runtime: the workers' leaders
 //! get `PR_SET_PDEATHSIG`, which fires when the *thread* that forked them
@@ -19,9 +21,11 @@
 mod blueprint;
 mod build;
 mod ledger;
+mod listening;
 mod observe;
 mod processes;
 mod sampling;
+mod signals;
 
 pub use self::blueprint::{Blueprint, Config, Reloader};
 pub use self::ledger::ReloadLedger;
@@ -38,6 +42,7 @@ use nix::sys::signal::Signal;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use self::listening::{Health, Moment};
 use self::observe::{Observer, WatchOutcome};
 use self::processes::{ProcessTable, Reaped};
 use self::sampling::{Groups, Usages};
@@ -48,6 +53,7 @@ use crate::listeners::{self, Listener};
 use crate::machine::{Action, Event, Generation, Machine, ProcessExit, StopSignal};
 use crate::metrics::{self, Snapshot};
 use crate::readiness::{Notification, ReadinessDir, ReadinessSocket};
+use crate::signals::{SignalTable, Signals};
 use crate::spawn::{Role, SpawnRequest};
 use crate::status::{GenerationStatus, ListenerStatus, Status, Trigger};
 use crate::watch::{ChangeBatch, WatchError, Watcher};
@@ -98,6 +104,8 @@ pub struct Driver {
     usage: watch::Receiver<Usages>,
     started: Instant,
     interrupts: u32,
+    signal_table: SignalTable,
+    health: Health,
 }
 
 impl std::fmt::Debug for Driver {
@@ -145,17 +153,18 @@ impl Driver {
             usage,
             started: Instant::now(),
             interrupts: 0,
+            signal_table: config.signals,
+            health: Health::default(),
         })
     }
 
     /// Start the first generation and supervise until shutdown is complete.
     pub async fn run(mut self) -> Result<(), DriverError> {
-        let install = |kind| signal(kind).map_err(DriverError::Signals);
-        let mut hangup = install(SignalKind::hangup())?;
-        let mut terminate = install(SignalKind::terminate())?;
-        let mut interrupt = install(SignalKind::interrupt())?;
-        let mut child = install(SignalKind::child())?;
+        let mut signals =
+            Signals::install(self.signal_table.clone()).map_err(DriverError::Signals)?;
+        let mut child = signal(SignalKind::child()).map_err(DriverError::Signals)?;
         let mut group_check = interval(GROUP_CHECK_INTERVAL);
+        let mut listener_check = interval(listening::CHECK_INTERVAL);
         // Pings prove that baton's own loop runs: a worker in crash
         // backoff must not get baton killed.
         let mut watchdog = self
@@ -182,6 +191,13 @@ impl Driver {
             if self.step_all(events) {
                 break;
             }
+            // A generation on its way out may have broken a listener.
+            if self.health.check_due() {
+                let repairs = self.check_listeners(Moment::Routine);
+                if self.step_all(repairs) {
+                    break;
+                }
+            }
             self.publish();
             let machine_deadline = self.machine.poll_timeout();
             let dev_deadline = self.dev.as_ref().and_then(|(d, _)| d.poll_timeout());
@@ -193,18 +209,14 @@ impl Driver {
                     self.observer.tell_systemd(|s| s.watchdog());
                     Vec::new()
                 }
-                _ = hangup.recv() => self.request_reload(Trigger::Signal, None),
+                signal = signals.recv() => self.on_signal(&mut signals, signal),
                 Some(request) = self.requests_rx.recv() => self.on_control(request),
-                _ = terminate.recv() => vec![Event::ShutdownRequested],
-                _ = interrupt.recv() => {
-                    self.interrupts += 1;
-                    vec![if self.interrupts == 1 { Event::ShutdownRequested } else { Event::ForceShutdown }]
-                }
                 Some(note) = self.notes_rx.recv() => self.on_notification(note),
                 // Reaping follows every wake-up: a SIGCHLD may have been
                 // coalesced with another signal.
                 _ = child.recv() => Vec::new(),
                 _ = group_check.tick() => Vec::new(),
+                _ = listener_check.tick() => self.check_listeners(Moment::Routine),
             };
         }
         // Answer whoever still waits, and let those answers be written
@@ -261,6 +273,7 @@ impl Driver {
                     Action::Forget { generation } => {
                         self.processes.forget(generation);
                         self.readiness.remove(&generation);
+                        self.health.gone(generation);
                     }
                     Action::Notice(notice) => {
                         let outcome = self.observer.observe(notice, &self.processes);
@@ -280,6 +293,9 @@ impl Driver {
             .notify_dir
             .listen(generation, self.notes.clone())
             .map_err(|error| format!("cannot create its notify socket: {error}"))?;
+        // Whatever is bound anew here goes to this generation.
+        self.check_listeners(Moment::BeforeSpawn);
+        self.health.handed_to(generation, self.listeners.len());
         let sockets: Vec<(&str, _)> = self
             .listeners
             .iter()
@@ -332,6 +348,11 @@ impl Driver {
             return vec![Event::ReloadRequested { id }];
         }
         self.observer.reload_requested(id, trigger);
+        // A listener bound anew is handed over to the running code: an
+        // automatic reload must not pick up a half-edited config file.
+        if trigger == Trigger::Listener {
+            return vec![Event::ReloadRequested { id }];
+        }
         match self.reread_blueprint() {
             Ok(settings) => settings
                 .into_iter()
@@ -526,10 +547,17 @@ impl Driver {
             listeners: self
                 .listeners
                 .iter()
-                .map(|l| ListenerStatus {
-                    name: l.name().to_owned(),
-                    address: l.local_address().to_owned(),
-                    backlog: l.backlog(),
+                .enumerate()
+                .map(|(index, l)| {
+                    let (health, problem, repairs) = self.health.report(index, l.is_checked());
+                    ListenerStatus {
+                        name: l.name().to_owned(),
+                        address: l.local_address().to_owned(),
+                        backlog: l.backlog(),
+                        health,
+                        problem,
+                        repairs,
+                    }
                 })
                 .collect(),
             generations,

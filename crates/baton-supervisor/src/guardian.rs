@@ -91,15 +91,10 @@ impl Guardian {
 fn guard(pipe: OwnedFd) -> ! {
     // SAFETY: plain system calls on this (single-threaded) process.
     unsafe {
-        // A Ctrl-C on the terminal reaches baton's whole process group; the
-        // guardian must outlive baton, so it ignores what baton handles.
-        for signal in [
-            libc::SIGINT,
-            libc::SIGHUP,
-            libc::SIGTERM,
-            libc::SIGQUIT,
-            libc::SIGPIPE,
-        ] {
+        // A Ctrl-C on the terminal reaches baton's whole process group, and
+        // `kill -USR1 $(pidof baton)` the guardian too: it must outlive
+        // baton, so it ignores every signal baton handles or ignores.
+        for signal in crate::signals::guardian_ignores() {
             libc::signal(signal, libc::SIG_IGN);
         }
         libc::prctl(libc::PR_SET_NAME, c"baton-guardian".as_ptr());

@@ -9,6 +9,7 @@
 //! - [`driver`]: runs both machines on tokio and does the I/O they ask for.
 //! - [`readiness`]: the per-generation `NOTIFY_SOCKET` receivers.
 //! - [`guardian`]: kills every worker group if baton itself dies.
+//! - [`signals`]: what each signal does to baton, and the stream of them.
 //! - [`control`]: the control socket behind `baton ctl`.
 //! - [`status`]: what `status` reports, and the sampler of worker costs.
 //! - [`metrics`]: Prometheus metrics and `/status` over HTTP.
@@ -23,6 +24,7 @@ pub mod listeners;
 pub mod machine;
 pub mod metrics;
 pub mod readiness;
+pub mod signals;
 pub mod spawn;
 pub mod status;
 pub mod systemd;

@@ -14,7 +14,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::sync::watch;
 
-use crate::status::Status;
+use crate::status::{ListenerHealth, Status};
 
 /// Bucket bounds, in seconds, shared by the duration histograms.
 const BUCKETS: [f64; 12] = [
@@ -83,6 +83,26 @@ pub fn render(snapshot: &Snapshot) -> String {
         "1 while baton runs.",
         &[(String::new(), "1".into())],
     );
+    let per_listener = |value: &dyn Fn(&crate::status::ListenerStatus) -> String| {
+        status
+            .listeners
+            .iter()
+            .filter(|l| l.health != ListenerHealth::Unchecked)
+            .map(|l| (format!("{{name=\"{}\"}}", label(&l.name)), value(l)))
+            .collect::<Vec<_>>()
+    };
+    family(
+        "baton_listener_up",
+        "gauge",
+        "1 while the listener listens where it should, 0 while broken.",
+        &per_listener(&|l| u8::from(l.health == ListenerHealth::Ok).to_string()),
+    );
+    family(
+        "baton_listener_repairs_total",
+        "counter",
+        "Times baton repaired the listener after a worker broke it.",
+        &per_listener(&|l| l.repairs.to_string()),
+    );
     family(
         "baton_reloads_total",
         "counter",
@@ -143,6 +163,15 @@ pub fn render(snapshot: &Snapshot) -> String {
         "From spawn to ready, for every generation.",
     );
     out
+}
+
+/// A label value as the text format wants it (an inherited socket's name
+/// comes from `LISTEN_FDNAMES`, which may hold anything).
+fn label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// Serve `/metrics` and `/status` on `listener` until the task is dropped.
@@ -224,6 +253,38 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("generation=\"2\""), "{text}");
+    }
+
+    #[test]
+    fn listeners_have_a_health_gauge() {
+        use crate::status::ListenerStatus;
+        let mut snapshot = Snapshot::default();
+        snapshot.status.listeners = vec![
+            ListenerStatus {
+                name: "http".into(),
+                health: ListenerHealth::Ok,
+                repairs: 2,
+                ..ListenerStatus::default()
+            },
+            ListenerStatus {
+                name: "admin".into(),
+                health: ListenerHealth::Broken,
+                ..ListenerStatus::default()
+            },
+        ];
+        let text = render(&snapshot);
+        assert!(
+            text.contains("baton_listener_up{name=\"http\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("baton_listener_up{name=\"admin\"} 0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("baton_listener_repairs_total{name=\"http\"} 2\n"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -14,6 +14,7 @@ use baton_supervisor::control;
 use baton_supervisor::driver::{Config, Driver, Reloader};
 use baton_supervisor::guardian::Guardian;
 use baton_supervisor::listeners;
+use baton_supervisor::signals::SignalTable;
 use baton_supervisor::spawn::resolve_program;
 use baton_supervisor::systemd::SystemdNotifier;
 use clap::Parser;
@@ -143,6 +144,7 @@ fn run(mut args: RunArgs) -> anyhow::Result<()> {
         reloader,
         systemd,
         dev: resolved.dev,
+        signals: SignalTable::new(&resolved.forward_signals),
     };
     // Forked while baton has one thread: before the runtime exists.
     let guardian = Guardian::start().context("cannot start the guardian process")?;
