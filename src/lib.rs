@@ -346,6 +346,17 @@ pub fn processes_with_token(token: &str) -> Vec<i32> {
         .collect()
 }
 
+/// The value of the variable `name` in the environment process `pid`
+/// started with (`/proc/PID/environ`), e.g. a worker's `NOTIFY_SOCKET`.
+pub fn environment_of(pid: i32, name: &str) -> Option<std::ffi::OsString> {
+    use std::os::unix::ffi::OsStrExt;
+    let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    env.split(|&b| b == 0).find_map(|var| {
+        let value = var.strip_prefix(name.as_bytes())?.strip_prefix(b"=")?;
+        Some(std::ffi::OsStr::from_bytes(value).to_owned())
+    })
+}
+
 /// Whether a process exists and is not a zombie.
 pub fn alive(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {

@@ -7,4 +7,5 @@
 //! One module per kind of fault.
 
 mod listener;
+mod local_users;
 mod signals;

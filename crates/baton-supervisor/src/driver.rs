@@ -48,15 +48,18 @@ use self::processes::{ProcessTable, Reaped};
 use self::sampling::{Groups, Usages};
 use crate::control::{self, ControlRequest, Response};
 use crate::devloop::{DevAction, DevLoop};
+use crate::fswatch::{ChangeBatch, WatchError, Watcher};
 use crate::guardian::Guardian;
 use crate::listeners::{self, Listener};
-use crate::machine::{Action, Event, Generation, Machine, ProcessExit, StopSignal};
+use crate::machine::{Action, Event, Generation, Machine, Notice, ProcessExit, StopSignal};
+use crate::metrics::history::CostHistory;
 use crate::metrics::{self, Snapshot};
+use crate::readiness::kernel::HandedSockets;
+use crate::readiness::observer::{self, Observation, Seen};
 use crate::readiness::{Notification, ReadinessDir, ReadinessSocket};
 use crate::signals::{SignalTable, Signals};
 use crate::spawn::{Role, SpawnRequest};
-use crate::status::{GenerationStatus, ListenerStatus, Status, Trigger};
-use crate::watch::{ChangeBatch, WatchError, Watcher};
+use crate::status::{GenerationStatus, Status, Trigger};
 
 /// How often to look for generations whose process group emptied without
 /// telling baton (a member reaped by another member sends no SIGCHLD here).
@@ -65,9 +68,6 @@ const GROUP_CHECK_INTERVAL: Duration = Duration::from_millis(500);
 /// What went wrong setting up the driver.
 #[derive(Debug, thiserror::Error)]
 pub enum DriverError {
-    /// The private directory for notify sockets could not be created.
-    #[error("cannot create the directory for notify sockets: {0}")]
-    ReadinessDir(io::Error),
     /// The watched paths cannot be watched.
     #[error("{0}")]
     Watch(WatchError),
@@ -92,12 +92,17 @@ pub struct Driver {
     notify_dir: ReadinessDir,
     notes: mpsc::UnboundedSender<Notification>,
     notes_rx: mpsc::UnboundedReceiver<Notification>,
+    /// `--ready auto`: the observer of each starting generation.
+    observations: BTreeMap<Generation, Observation>,
+    seen: mpsc::UnboundedSender<Seen>,
+    seen_rx: mpsc::UnboundedReceiver<Seen>,
     control: Option<(std::os::unix::net::UnixListener, PathBuf)>,
     control_path: Option<PathBuf>,
     requests: mpsc::Sender<ControlRequest>,
     requests_rx: mpsc::Receiver<ControlRequest>,
     metrics: Option<std::net::TcpListener>,
     snapshots: Option<watch::Sender<Arc<Snapshot>>>,
+    cost_history: Arc<CostHistory>,
     dev: Option<(DevLoop, crate::devloop::DevSettings)>,
     watcher: Option<Watcher>,
     sample_groups: watch::Sender<Groups>,
@@ -126,6 +131,7 @@ impl Driver {
         }
         let (notes, notes_rx) = mpsc::unbounded_channel();
         let (requests, requests_rx) = mpsc::channel(64);
+        let (seen, seen_rx) = mpsc::unbounded_channel();
         let (sample_groups, _) = watch::channel(Groups::default());
         let (_, usage) = watch::channel(Usages::default());
         Ok(Driver {
@@ -136,15 +142,19 @@ impl Driver {
             blueprint: config.blueprint,
             reloader: config.reloader,
             readiness: BTreeMap::new(),
-            notify_dir: ReadinessDir::new().map_err(DriverError::ReadinessDir)?,
+            notify_dir: ReadinessDir::new(config.runtime),
             notes,
             notes_rx,
+            observations: BTreeMap::new(),
+            seen,
+            seen_rx,
             control_path: config.control.as_ref().map(|(_, path)| path.clone()),
             control: config.control,
             requests,
             requests_rx,
             metrics: config.metrics,
             snapshots: None,
+            cost_history: Arc::default(),
             dev: config
                 .dev
                 .map(|settings| (DevLoop::new(&settings), settings)),
@@ -191,13 +201,6 @@ impl Driver {
             if self.step_all(events) {
                 break;
             }
-            // A generation on its way out may have broken a listener.
-            if self.health.check_due() {
-                let repairs = self.check_listeners(Moment::Routine);
-                if self.step_all(repairs) {
-                    break;
-                }
-            }
             self.publish();
             let machine_deadline = self.machine.poll_timeout();
             let dev_deadline = self.dev.as_ref().and_then(|(d, _)| d.poll_timeout());
@@ -212,10 +215,15 @@ impl Driver {
                 signal = signals.recv() => self.on_signal(&mut signals, signal),
                 Some(request) = self.requests_rx.recv() => self.on_control(request),
                 Some(note) = self.notes_rx.recv() => self.on_notification(note),
+                Some(seen) = self.seen_rx.recv() => vec![seen.into_event()],
                 // Reaping follows every wake-up: a SIGCHLD may have been
                 // coalesced with another signal.
                 _ = child.recv() => Vec::new(),
-                _ = group_check.tick() => Vec::new(),
+                _ = group_check.tick() => {
+                    // A tmp cleaner may have removed the notify directory.
+                    let _ = self.notify_dir.repair(&mut self.readiness, &self.notes);
+                    Vec::new()
+                }
                 _ = listener_check.tick() => self.check_listeners(Moment::Routine),
             };
         }
@@ -264,6 +272,7 @@ impl Driver {
                             queue.push_back(Event::SpawnFailed { generation, error });
                         }
                     }
+                    Action::Observe { generation } => self.observe(generation),
                     Action::Drain { generation, signal } => {
                         self.processes.signal(generation, to_signal(signal))
                     }
@@ -273,9 +282,13 @@ impl Driver {
                     Action::Forget { generation } => {
                         self.processes.forget(generation);
                         self.readiness.remove(&generation);
-                        self.health.gone(generation);
+                        queue.extend(self.listeners_after_exit(generation));
                     }
                     Action::Notice(notice) => {
+                        if let (Notice::Starting { .. }, Some((dev, _))) = (&notice, &mut self.dev)
+                        {
+                            dev.on_generation_started();
+                        }
                         let outcome = self.observer.observe(notice, &self.processes);
                         self.watch_reload_done(outcome);
                     }
@@ -283,12 +296,39 @@ impl Driver {
                 }
             }
         }
+        // Observe only until ready (or failed).
+        let machine = &self.machine;
+        self.observations
+            .retain(|g, _| machine.generation(*g).is_some_and(|s| s.is_starting()));
         false
+    }
+
+    /// `--ready auto`: watch the generation's processes off the loop.
+    fn observe(&mut self, generation: Generation) {
+        let Some(group) = self.processes.pid(generation) else {
+            return;
+        };
+        let handed = HandedSockets::new(
+            self.listeners
+                .iter()
+                .map(|l| (l.name(), l.local_address(), l.as_fd())),
+        );
+        match observer::observe(generation, group, handed, self.seen.clone()) {
+            Ok(observation) => {
+                self.observations.insert(generation, observation);
+            }
+            Err(error) => {
+                tracing::error!(generation, %error, "cannot observe the new generation")
+            }
+        }
     }
 
     /// Start a generation: its notify socket, then its process. An error
     /// means no process exists.
     fn spawn(&mut self, generation: Generation) -> Result<(), String> {
+        self.notify_dir
+            .repair(&mut self.readiness, &self.notes)
+            .map_err(|error| format!("cannot create its notify socket: {error}"))?;
         let notify = self
             .notify_dir
             .listen(generation, self.notes.clone())
@@ -544,31 +584,16 @@ impl Driver {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             pid: std::process::id(),
             uptime_s: self.started.elapsed().as_secs_f64(),
-            listeners: self
-                .listeners
-                .iter()
-                .enumerate()
-                .map(|(index, l)| {
-                    let (health, problem, repairs) = self.health.report(index, l.is_checked());
-                    ListenerStatus {
-                        name: l.name().to_owned(),
-                        address: l.local_address().to_owned(),
-                        backlog: l.backlog(),
-                        health,
-                        problem,
-                        repairs,
-                    }
-                })
-                .collect(),
+            listeners: self.listener_statuses(),
             generations,
             reloads: self.observer.ledger.history(),
             counters: self.observer.ledger.counters.clone(),
         }
     }
 
-    /// Hand the metrics server a fresh snapshot, and the sampler the
-    /// groups to measure.
-    fn publish(&self) {
+    /// Hand the metrics server a fresh snapshot (with a frame more of
+    /// cost history after each sample), and the sampler the groups to measure.
+    fn publish(&mut self) {
         let draining = self
             .machine
             .generations()
@@ -579,10 +604,17 @@ impl Driver {
         self.sample_groups
             .send_if_modified(|groups| replace_if_changed(groups, Groups { all, draining }));
         if let Some(snapshots) = &self.snapshots {
+            let status = self.status();
+            if self.usage.has_changed().unwrap_or(false) {
+                self.usage.mark_unchanged();
+                Arc::make_mut(&mut self.cost_history)
+                    .record(crate::status::unix_now(), &status.generations);
+            }
             snapshots.send_replace(Arc::new(Snapshot {
-                status: self.status(),
+                status,
                 reload_duration: self.observer.ledger.duration.clone(),
                 time_to_ready: self.observer.time_to_ready.clone(),
+                history: self.cost_history.clone(),
             }));
         }
     }

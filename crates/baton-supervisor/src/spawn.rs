@@ -1,5 +1,6 @@
 //! Start a worker: fork, put its sockets at fds 3, 4, …, set `LISTEN_PID` to
-//! its own pid, exec.
+//! its own pid, exec. Workers also get the variables of
+//! [other supervisors](supervisors) for the same descriptors.
 //!
 //! `LISTEN_PID` must equal the worker's pid, which exists only after fork;
 //! `std::process::Command` installs the environment after `pre_exec` runs
@@ -16,6 +17,8 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
+pub mod supervisors;
+
 /// Variables of baton's own environment that must not reach a worker: they
 /// describe baton's sockets and baton's notify socket, not the worker's.
 pub const PRIVATE_VARIABLES: &[&str] = &[
@@ -29,6 +32,12 @@ pub const PRIVATE_VARIABLES: &[&str] = &[
     "WATCHDOG_USEC",
     "FDSTORE",
     "BATON_GENERATION",
+    // Set for each worker from its own sockets (see `supervisors`).
+    "SERVER_STARTER_PORT",
+    "SERVER_STARTER_GENERATION",
+    "EINHORN_FD_COUNT",
+    "EINHORN_MASTER_PID",
+    "NGINX",
 ];
 
 /// What went wrong starting a worker.
@@ -70,8 +79,8 @@ pub struct WorkerCommand {
 #[derive(Debug)]
 pub enum Role<'a> {
     /// A generation's worker: its sockets land at fds 3, 4, … and it gets
-    /// `LISTEN_FDS`, `LISTEN_PID`, `LISTEN_FDNAMES`, `NOTIFY_SOCKET` and
-    /// `BATON_GENERATION`.
+    /// `LISTEN_FDS`, `LISTEN_PID`, `LISTEN_FDNAMES`, `NOTIFY_SOCKET`,
+    /// `BATON_GENERATION` and [other supervisors' variables](supervisors).
     Worker {
         /// Its generation number.
         generation: u64,
@@ -190,7 +199,8 @@ impl PreparedExec {
         }
         let mut env = Vec::new();
         for (key, value) in &request.env {
-            let private = PRIVATE_VARIABLES.iter().any(|v| OsStr::new(v) == key);
+            let private = PRIVATE_VARIABLES.iter().any(|v| OsStr::new(v) == key)
+                || key.as_bytes().starts_with(b"EINHORN_FD_");
             if !private {
                 let mut pair = key.clone().into_vec();
                 pair.push(b'=');
@@ -211,6 +221,10 @@ impl PreparedExec {
             notify.extend_from_slice(notify_socket.as_os_str().as_bytes());
             env.push(cstring(notify)?);
             env.push(cstring(format!("BATON_GENERATION={generation}"))?);
+            let fds: Vec<BorrowedFd<'_>> = sockets.iter().map(|(_, fd)| *fd).collect();
+            for var in supervisors::variables(generation, &fds, std::process::id()) {
+                env.push(cstring(var)?);
+            }
         }
 
         let mut listen_pid = Box::new([0u8; 32]);

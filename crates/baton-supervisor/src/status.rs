@@ -143,6 +143,12 @@ pub struct ReloadRecord {
     pub trigger: Trigger,
     /// When, in seconds since the Unix epoch.
     pub requested_at: f64,
+    /// When the generation answering it was spawned, if one was.
+    #[serde(default)]
+    pub spawned_at: Option<f64>,
+    /// When it ended: the new generation ready, or the failure.
+    #[serde(default)]
+    pub finished_at: Option<f64>,
     /// How it ended.
     pub outcome: Outcome,
     /// The generation it started (none if it failed before one started).
@@ -412,6 +418,8 @@ mod tests {
                 id: 1,
                 trigger: Trigger::Ctl,
                 requested_at: 1.0,
+                spawned_at: Some(1.5),
+                finished_at: Some(3.5),
                 outcome: Outcome::Failed,
                 generation: Some(2),
                 previous: Some(1),

@@ -65,7 +65,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// A socket to listen on: [NAME=]SPEC with SPEC one of HOST:PORT, :PORT
-    /// (all interfaces), [::1]:PORT, tcp://HOST:PORT, unix:/path. Repeatable;
+    /// (all interfaces), [::1]:PORT, tcp://HOST:PORT, unix:/path,
+    /// udp://HOST:PORT (a datagram socket). Repeatable;
     /// workers get them at fds 3, 4, … in this order.
     #[arg(long = "listen", short = 'l', value_name = "[NAME=]SPEC", value_parser = parse_listener)]
     pub listen: Vec<String>,
@@ -76,8 +77,10 @@ pub struct RunArgs {
     #[arg(long, value_name = "MODE", value_parser = parse_mode)]
     pub unix_mode: Option<u32>,
     /// When a new worker counts as ready: `notify` (it sends READY=1 to
-    /// NOTIFY_SOCKET) or `delay=DURATION` (still alive after it).
-    #[arg(long, value_name = "notify|delay=DURATION", value_parser = parse_readiness)]
+    /// NOTIFY_SOCKET), `delay=DURATION` (still alive after it) or `auto`
+    /// (one of its processes waits on a socket baton handed it, as the
+    /// kernel shows; READY=1 alone does not count).
+    #[arg(long, value_name = "notify|auto|delay=DURATION", value_parser = parse_readiness)]
     pub ready: Option<Readiness>,
     /// How long a new worker may take to become ready.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
@@ -102,7 +105,8 @@ pub struct RunArgs {
     /// anyway (root excepted).
     #[arg(long, value_name = "MODE", value_parser = parse_mode)]
     pub control_mode: Option<u32>,
-    /// Serve GET /metrics (Prometheus) and GET /status on this address.
+    /// Serve the status page (GET /), GET /metrics (Prometheus) and
+    /// GET /status on this address.
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,
     /// Watch these files or directories (recursively) and reload when they
@@ -260,6 +264,7 @@ pub fn format_duration(duration: Duration) -> String {
 pub fn format_readiness(readiness: Readiness) -> String {
     match readiness {
         Readiness::Notify => "notify".to_owned(),
+        Readiness::Auto => "auto".to_owned(),
         Readiness::Delay(delay) => format!("delay={}", format_duration(delay)),
     }
 }
@@ -284,12 +289,13 @@ pub fn parse_name(name: &str) -> Result<String, String> {
     }
 }
 
-/// `notify` or `delay=DURATION`.
+/// `notify`, `auto` or `delay=DURATION`.
 pub fn parse_readiness(text: &str) -> Result<Readiness, String> {
     match text.split_once('=') {
         None if text == "notify" => Ok(Readiness::Notify),
+        None if text == "auto" => Ok(Readiness::Auto),
         Some(("delay", delay)) => parse_duration(delay).map(Readiness::Delay),
-        _ => Err("expected `notify` or `delay=DURATION` (e.g. delay=1s)".to_owned()),
+        _ => Err("expected `notify`, `auto` or `delay=DURATION` (e.g. delay=1s)".to_owned()),
     }
 }
 
@@ -351,6 +357,7 @@ mod tests {
     #[test]
     fn readiness() {
         assert_eq!(parse_readiness("notify"), Ok(Readiness::Notify));
+        assert_eq!(parse_readiness("auto"), Ok(Readiness::Auto));
         assert_eq!(
             parse_readiness("delay=250ms"),
             Ok(Readiness::Delay(Duration::from_millis(250)))
@@ -397,7 +404,11 @@ mod tests {
             let duration = Duration::from_millis(ms);
             assert_eq!(parse_duration(&format_duration(duration)), Ok(duration));
         }
-        for readiness in [Readiness::Notify, Readiness::Delay(Duration::from_secs(1))] {
+        for readiness in [
+            Readiness::Notify,
+            Readiness::Auto,
+            Readiness::Delay(Duration::from_secs(1)),
+        ] {
             assert_eq!(parse_readiness(&format_readiness(readiness)), Ok(readiness));
         }
         assert_eq!(format_signal(StopSignal::TERM), "TERM");

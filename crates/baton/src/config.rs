@@ -20,10 +20,10 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use baton_supervisor::driver::{Blueprint, DevSettings};
+use baton_supervisor::fswatch::{DEFAULT_DEBOUNCE, WatchSettings};
 use baton_supervisor::listeners::{self, BindOptions, ListenerSpec};
 use baton_supervisor::machine::{Readiness, Settings, StopSignal};
 use baton_supervisor::spawn::WorkerCommand;
-use baton_supervisor::watch::{DEFAULT_DEBOUNCE, WatchSettings};
 use serde::{Deserialize, Deserializer};
 
 use crate::cli::{self, RunArgs};
@@ -381,6 +381,7 @@ pub fn render(resolved: &Resolved) -> String {
     }
     out.push(match s.readiness {
         Readiness::Notify => "ready = notify".to_owned(),
+        Readiness::Auto => "ready = auto".to_owned(),
         Readiness::Delay(d) => format!("ready = delay={d:?}"),
     });
     out.push(format!("ready_timeout = {:?}", s.ready_timeout));

@@ -14,6 +14,7 @@ use baton_supervisor::control;
 use baton_supervisor::driver::{Config, Driver, Reloader};
 use baton_supervisor::guardian::Guardian;
 use baton_supervisor::listeners;
+use baton_supervisor::runtime_dir::{self, RuntimeDir};
 use baton_supervisor::signals::SignalTable;
 use baton_supervisor::spawn::resolve_program;
 use baton_supervisor::systemd::SystemdNotifier;
@@ -118,6 +119,9 @@ fn run(mut args: RunArgs) -> anyhow::Result<()> {
     if let Some((_, path)) = &control {
         tracing::info!(path = %path.display(), "control socket");
     }
+    // Leftovers of batons that are gone go first; then this baton's own.
+    let runtime = RuntimeDir::claim(&runtime_dir::base(), &resolved.name)?;
+    tracing::info!(path = %runtime.path().display(), "runtime directory");
     let metrics = resolved
         .metrics
         .map(|addr| {
@@ -144,6 +148,7 @@ fn run(mut args: RunArgs) -> anyhow::Result<()> {
         reloader,
         systemd,
         dev: resolved.dev,
+        runtime,
         signals: SignalTable::new(&resolved.forward_signals),
     };
     // Forked while baton has one thread: before the runtime exists.

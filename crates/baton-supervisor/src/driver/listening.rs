@@ -15,7 +15,7 @@ use std::time::Duration;
 use super::Driver;
 use crate::listeners::{Fault, Repaired};
 use crate::machine::{Event, Generation};
-use crate::status::{ListenerHealth, Trigger};
+use crate::status::{ListenerHealth, ListenerStatus, Trigger};
 
 /// How often the listeners are checked when nothing else asks.
 pub(super) const CHECK_INTERVAL: Duration = Duration::from_secs(1);
@@ -64,34 +64,39 @@ impl Health {
             self.slot(index).since.get_or_insert(generation);
         }
     }
-
-    /// `generation` is gone.
-    pub(super) fn gone(&mut self, generation: Generation) {
-        self.gone.push(generation);
-    }
-
-    /// Whether a generation went since the last check.
-    pub(super) fn check_due(&self) -> bool {
-        !self.gone.is_empty()
-    }
-
-    /// The listener at `index` for `status`: health, problem, repairs.
-    pub(super) fn report(
-        &self,
-        index: usize,
-        checked: bool,
-    ) -> (ListenerHealth, Option<String>, u64) {
-        let slot = self.slots.get(index).cloned().unwrap_or_default();
-        let health = match (checked, &slot.problem) {
-            (false, _) => ListenerHealth::Unchecked,
-            (true, Some(_)) => ListenerHealth::Broken,
-            (true, None) => ListenerHealth::Ok,
-        };
-        (health, slot.problem, slot.repairs)
-    }
 }
 
 impl Driver {
+    /// `generation` is gone: it may have broken a listener on its way out.
+    pub(super) fn listeners_after_exit(&mut self, generation: Generation) -> Vec<Event> {
+        self.health.gone.push(generation);
+        self.check_listeners(Moment::Routine)
+    }
+
+    /// The listeners as `status` shows them, in fd order.
+    pub(super) fn listener_statuses(&self) -> Vec<ListenerStatus> {
+        let slots = &self.health.slots;
+        self.listeners
+            .iter()
+            .enumerate()
+            .map(|(index, listener)| {
+                let slot = slots.get(index).cloned().unwrap_or_default();
+                ListenerStatus {
+                    name: listener.name().to_owned(),
+                    address: listener.local_address().to_owned(),
+                    backlog: listener.backlog(),
+                    health: match (listener.is_checked(), &slot.problem) {
+                        (false, _) => ListenerHealth::Unchecked,
+                        (true, Some(_)) => ListenerHealth::Broken,
+                        (true, None) => ListenerHealth::Ok,
+                    },
+                    problem: slot.problem,
+                    repairs: slot.repairs,
+                }
+            })
+            .collect()
+    }
+
     /// Check every listener and repair what is broken; returns a reload
     /// request when one was repaired outside a spawn.
     pub(super) fn check_listeners(&mut self, moment: Moment) -> Vec<Event> {

@@ -56,10 +56,22 @@ pub enum Event {
         /// Why, for the log and the answer to the reload.
         error: String,
     },
-    /// `READY=1` arrived on the generation's notify socket.
+    /// `READY=1` arrived on the generation's notify socket (under
+    /// [`Readiness::Auto`](super::Readiness::Auto) it does not count).
     Ready {
         /// The generation whose socket it arrived on.
         generation: Generation,
+    },
+    /// What baton saw of a generation's processes it was asked to
+    /// [observe](Action::Observe).
+    Observed {
+        /// The generation looked at.
+        generation: Generation,
+        /// Whether one of its processes waits for connections on a socket
+        /// baton handed it: under `Auto`, it is ready.
+        waiting: bool,
+        /// What baton saw, in words, for the log and for a timeout's reason.
+        seen: String,
     },
     /// The generation's leader process exited (its group may live on).
     LeaderExited {
@@ -105,6 +117,13 @@ pub enum Action {
         /// Whether the next plan (re-read config) applies to it.
         cause: SpawnCause,
     },
+    /// Watch the generation's processes until one of them waits on a
+    /// socket baton handed it, and tell what was seen as
+    /// [`Event::Observed`]; stop once the generation is no longer starting.
+    Observe {
+        /// The starting generation.
+        generation: Generation,
+    },
     /// Send the stop signal to the generation's process group: its drain
     /// begins.
     Drain {
@@ -139,6 +158,14 @@ pub enum Failure {
     Exited(ProcessExit),
     /// It was not ready within the ready timeout.
     NotReady(Duration),
+    /// Under `--ready auto`, it was not seen waiting on a socket baton
+    /// handed it within the ready timeout; `seen` says what baton saw.
+    NotWaiting {
+        /// The ready timeout.
+        timeout: Duration,
+        /// What baton last saw of its processes.
+        seen: String,
+    },
 }
 
 impl fmt::Display for Failure {
@@ -147,6 +174,9 @@ impl fmt::Display for Failure {
             Failure::SpawnFailed(error) => write!(f, "could not start: {error}"),
             Failure::Exited(status) => write!(f, "exited before ready ({status})"),
             Failure::NotReady(timeout) => write!(f, "not ready within {timeout:?}"),
+            Failure::NotWaiting { timeout, seen } => {
+                write!(f, "not ready within {timeout:?}: {seen}")
+            }
         }
     }
 }

@@ -8,6 +8,7 @@ use std::fmt;
 use std::time::{Duration, Instant};
 
 use super::events::{ProcessExit, ReloadId, SpawnCause};
+use super::settings::Readiness;
 
 /// Where a generation is in its life, with what that phase needs.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -23,6 +24,11 @@ pub enum Phase {
         ready_by: Instant,
         /// `--ready delay=`: it counts as ready then, if still starting.
         ready_at: Option<Instant>,
+        /// How it becomes ready, fixed when it starts (a re-read config
+        /// applies to the next generation).
+        readiness: Readiness,
+        /// Under `Auto`: what baton last saw of its processes.
+        seen: Option<String>,
     },
     /// Ready and serving.
     Active {
@@ -48,6 +54,9 @@ pub enum Phase {
 }
 
 impl Phase {
+    /// Every name [`Phase::name`] gives, in the order of a generation's life.
+    pub const NAMES: [&'static str; 4] = ["starting", "active", "draining", "killing"];
+
     /// The name `status` shows.
     pub fn name(&self) -> &'static str {
         match self {

@@ -36,6 +36,9 @@ pub use self::settings::{Backoff, Readiness, Settings, StopSignal, signal_name};
 use std::collections::BTreeMap;
 use std::time::Instant;
 
+/// The reason of an `Auto` timeout when the observer never reported.
+const NOTHING_SEEN: &str = "no process was seen waiting on a socket baton handed it";
+
 /// The reload state machine. See the [module docs](self).
 #[derive(Debug)]
 pub struct Machine {
@@ -125,7 +128,12 @@ impl Machine {
             Event::SpawnFailed { generation, error } => {
                 self.on_spawn_failed(generation, error, &mut step)
             }
-            Event::Ready { generation } => self.on_ready(generation, &mut step),
+            Event::Ready { generation } => self.on_notified(generation, &mut step),
+            Event::Observed {
+                generation,
+                waiting,
+                seen,
+            } => self.on_observed(generation, waiting, seen, &mut step),
             Event::LeaderExited { generation, status } => {
                 self.on_leader_exited(generation, status, &mut step)
             }
@@ -153,15 +161,18 @@ impl Machine {
         self.restart_at = None;
         self.last_generation += 1;
         let generation = self.last_generation;
-        let ready_at = match self.settings.readiness {
+        let readiness = self.settings.readiness;
+        let ready_at = match readiness {
             Readiness::Delay(after) => Some(step.now + after),
-            Readiness::Notify => None,
+            Readiness::Notify | Readiness::Auto => None,
         };
         let phase = Phase::Starting {
             cause,
             reloads: reloads.clone(),
             ready_by: step.now + self.settings.ready_timeout,
             ready_at,
+            readiness,
+            seen: None,
         };
         self.generations.insert(
             generation,
@@ -177,6 +188,9 @@ impl Machine {
             reloads,
         });
         step.out.push(Action::Spawn { generation, cause });
+        if readiness == Readiness::Auto {
+            step.out.push(Action::Observe { generation });
+        }
     }
 
     fn on_reload(&mut self, id: ReloadId, step: &mut Step) {
@@ -202,6 +216,42 @@ impl Machine {
         step.out.push(Action::Forget { generation });
         self.start_failed(generation, Failure::SpawnFailed(error), reloads, step);
         self.exit_if_done(step);
+    }
+
+    /// `READY=1`: it counts unless the generation started under `Auto`,
+    /// where a master that says it before its workers have loaded the app
+    /// (gunicorn's does) must not drain the good generation.
+    fn on_notified(&mut self, generation: Generation, step: &mut Step) {
+        if let Some(Phase::Starting {
+            readiness: Readiness::Auto,
+            ..
+        }) = self.phase_mut(generation)
+        {
+            return;
+        }
+        self.on_ready(generation, step);
+    }
+
+    fn on_observed(
+        &mut self,
+        generation: Generation,
+        waiting: bool,
+        seen: String,
+        step: &mut Step,
+    ) {
+        let Some(Phase::Starting {
+            readiness,
+            seen: last,
+            ..
+        }) = self.phase_mut(generation)
+        else {
+            return;
+        };
+        if waiting && *readiness == Readiness::Auto {
+            self.on_ready(generation, step);
+        } else {
+            *last = Some(seen);
+        }
     }
 
     fn on_ready(&mut self, generation: Generation, step: &mut Step) {
@@ -296,6 +346,7 @@ impl Machine {
             .filter(|(_, s)| s.phase.deadline().is_some_and(|at| at <= now))
             .map(|(&g, _)| g)
             .collect();
+        let timeout = self.settings.ready_timeout;
         for generation in due {
             let Some(phase) = self.phase_mut(generation) else {
                 continue;
@@ -307,11 +358,21 @@ impl Machine {
                     ..
                 } if *at <= now && *at <= *ready_by => self.on_ready(generation, step),
                 Phase::Starting {
-                    ready_by, reloads, ..
+                    ready_by,
+                    reloads,
+                    readiness,
+                    seen,
+                    ..
                 } if *ready_by <= now => {
                     let reloads = std::mem::take(reloads);
+                    let failure = match readiness {
+                        Readiness::Auto => Failure::NotWaiting {
+                            timeout,
+                            seen: seen.take().unwrap_or_else(|| NOTHING_SEEN.to_owned()),
+                        },
+                        _ => Failure::NotReady(timeout),
+                    };
                     self.kill(generation, None, step);
-                    let failure = Failure::NotReady(self.settings.ready_timeout);
                     self.start_failed(generation, failure, reloads, step);
                 }
                 Phase::Active { stable_at } => {

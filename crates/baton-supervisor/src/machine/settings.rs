@@ -14,6 +14,10 @@ pub enum Readiness {
     Notify,
     /// When it is still alive after this delay (or sends `READY=1` sooner).
     Delay(Duration),
+    /// When one of its processes waits for connections on a socket baton
+    /// handed it, as the kernel shows (`--ready auto`); `READY=1` alone
+    /// does not count.
+    Auto,
 }
 
 impl Default for Readiness {

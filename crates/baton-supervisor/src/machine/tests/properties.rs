@@ -12,6 +12,7 @@ use super::*;
 enum Op {
     Reload,
     Ready(usize),
+    Observed(usize, bool),
     LeaderExit(usize, i32),
     GroupEmpty(usize),
     SpawnsFail(bool),
@@ -24,6 +25,7 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         3 => Just(Op::Reload),
         3 => any::<usize>().prop_map(Op::Ready),
+        2 => (any::<usize>(), any::<bool>()).prop_map(|(i, w)| Op::Observed(i, w)),
         2 => (any::<usize>(), 0..3i32).prop_map(|(i, c)| Op::LeaderExit(i, c)),
         2 => any::<usize>().prop_map(Op::GroupEmpty),
         1 => any::<bool>().prop_map(Op::SpawnsFail),
@@ -97,6 +99,12 @@ impl World {
                     assert!(self.machine.generation(*generation).is_none());
                     self.processes.remove(generation);
                 }
+                Action::Observe { generation } => assert!(
+                    self.machine
+                        .generation(*generation)
+                        .is_some_and(Lifecycle::is_starting),
+                    "{action:?} of a generation that is not starting after {event:?}"
+                ),
                 Action::Exit => self.exited = true,
                 Action::Notice(_) => {}
             }
@@ -136,6 +144,15 @@ impl World {
             Op::Ready(i) => {
                 if let Some(generation) = self.pick(i) {
                     self.feed(Event::Ready { generation });
+                }
+            }
+            Op::Observed(i, waiting) => {
+                if let Some(generation) = self.pick(i) {
+                    self.feed(Event::Observed {
+                        generation,
+                        waiting,
+                        seen: "seen".into(),
+                    });
                 }
             }
             Op::LeaderExit(i, code) => {
@@ -193,10 +210,14 @@ proptest! {
     #[test]
     fn random_events_keep_the_rules(
         ops in proptest::collection::vec(op(), 0..120),
-        notify in any::<bool>(),
+        readiness in 0..3u8,
     ) {
         let settings = Settings {
-            readiness: if notify { Readiness::Notify } else { Readiness::Delay(SECOND) },
+            readiness: match readiness {
+                0 => Readiness::Notify,
+                1 => Readiness::Auto,
+                _ => Readiness::Delay(SECOND),
+            },
             ready_timeout: 5 * SECOND,
             drain_timeout: 3 * SECOND,
             max_draining: NonZeroUsize::new(2).unwrap(),
