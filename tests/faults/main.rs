@@ -6,5 +6,7 @@
 //!
 //! One module per kind of fault.
 
+mod listener;
 mod local_users;
 mod processes;
+mod signals;

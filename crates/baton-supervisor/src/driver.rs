@@ -11,7 +11,9 @@
 //! - [`escapees`]: baton's children outside every generation, stopped at exit;
 //! - [`observe`]: logs, systemd and the reload ledger, from the machine's notices;
 //! - [`build`]: the dev loop's build step;
-//! - [`sampling`]: what each generation costs, measured off the loop.
+//! - [`sampling`]: what each generation costs, measured off the loop;
+//! - [`listening`]: listener health: check, repair, hand over;
+//! - [`signals`]: what each signal baton receives does.
 //! - [`waits`]: optional timers and watchers as futures for the loop.
 //!
 //! Call [`Driver::run`] from a current-thread runtime: the workers' leaders
@@ -22,9 +24,11 @@ mod blueprint;
 mod build;
 mod escapees;
 mod ledger;
+mod listening;
 mod observe;
 mod processes;
 mod sampling;
+mod signals;
 mod waits;
 
 pub use self::blueprint::{Blueprint, Config, Reloader};
@@ -42,6 +46,7 @@ use nix::sys::signal::Signal;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use self::listening::{Health, Moment};
 use self::observe::{Observer, WatchOutcome};
 use self::processes::{ProcessTable, Reaped};
 use self::sampling::{Groups, Usages};
@@ -57,8 +62,9 @@ use crate::metrics::{self, Snapshot};
 use crate::readiness::kernel::HandedSockets;
 use crate::readiness::observer::{self, Observation, Seen};
 use crate::readiness::{Notification, ReadinessDir, ReadinessSocket};
+use crate::signals::{SignalTable, Signals};
 use crate::spawn::{Role, SpawnRequest};
-use crate::status::{GenerationStatus, ListenerStatus, Status, Trigger};
+use crate::status::{GenerationStatus, Status, Trigger};
 
 /// How often to look for generations whose process group emptied without
 /// telling baton (a member reaped by another member sends no SIGCHLD here).
@@ -111,6 +117,8 @@ pub struct Driver {
     usage: watch::Receiver<Usages>,
     started: Instant,
     interrupts: u32,
+    signal_table: SignalTable,
+    health: Health,
 }
 
 impl std::fmt::Debug for Driver {
@@ -163,17 +171,18 @@ impl Driver {
             usage,
             started: Instant::now(),
             interrupts: 0,
+            signal_table: config.signals,
+            health: Health::default(),
         })
     }
 
     /// Start the first generation and supervise until shutdown is complete.
     pub async fn run(mut self) -> Result<(), DriverError> {
-        let install = |kind| signal(kind).map_err(DriverError::Signals);
-        let mut hangup = install(SignalKind::hangup())?;
-        let mut terminate = install(SignalKind::terminate())?;
-        let mut interrupt = install(SignalKind::interrupt())?;
-        let mut child = install(SignalKind::child())?;
+        let mut signals =
+            Signals::install(self.signal_table.clone()).map_err(DriverError::Signals)?;
+        let mut child = signal(SignalKind::child()).map_err(DriverError::Signals)?;
         let mut group_check = interval(GROUP_CHECK_INTERVAL);
+        let mut listener_check = interval(listening::CHECK_INTERVAL);
         // Pings prove that baton's own loop runs: a worker in crash
         // backoff must not get baton killed.
         let mut watchdog = self
@@ -211,13 +220,8 @@ impl Driver {
                     self.observer.tell_systemd(|s| s.watchdog());
                     Vec::new()
                 }
-                _ = hangup.recv() => self.request_reload(Trigger::Signal, None),
+                signal = signals.recv() => self.on_signal(&mut signals, signal),
                 Some(request) = self.requests_rx.recv() => self.on_control(request),
-                _ = terminate.recv() => vec![Event::ShutdownRequested],
-                _ = interrupt.recv() => {
-                    self.interrupts += 1;
-                    vec![if self.interrupts == 1 { Event::ShutdownRequested } else { Event::ForceShutdown }]
-                }
                 Some(note) = self.notes_rx.recv() => self.on_notification(note),
                 Some(seen) = self.seen_rx.recv() => vec![seen.into_event()],
                 // Reaping follows every wake-up: a SIGCHLD may have been
@@ -228,6 +232,7 @@ impl Driver {
                     let _ = self.notify_dir.repair(&mut self.readiness, &self.notes);
                     Vec::new()
                 }
+                _ = listener_check.tick() => self.check_listeners(Moment::Routine),
             };
         }
         // Answer whoever still waits, and let those answers be written
@@ -288,6 +293,7 @@ impl Driver {
                     Action::Forget { generation } => {
                         self.processes.forget(generation);
                         self.readiness.remove(&generation);
+                        queue.extend(self.listeners_after_exit(generation));
                     }
                     Action::Notice(notice) => {
                         if let (Notice::Starting { .. }, Some((dev, _))) = (&notice, &mut self.dev)
@@ -338,6 +344,9 @@ impl Driver {
             .notify_dir
             .listen(generation, self.notes.clone())
             .map_err(|error| format!("cannot create its notify socket: {error}"))?;
+        // Whatever is bound anew here goes to this generation.
+        self.check_listeners(Moment::BeforeSpawn);
+        self.health.handed_to(generation, self.listeners.len());
         let sockets: Vec<(&str, _)> = self
             .listeners
             .iter()
@@ -391,6 +400,11 @@ impl Driver {
             return vec![Event::ReloadRequested { id }];
         }
         self.observer.reload_requested(id, trigger);
+        // A listener bound anew is handed over to the running code: an
+        // automatic reload must not pick up a half-edited config file.
+        if trigger == Trigger::Listener {
+            return vec![Event::ReloadRequested { id }];
+        }
         match self.reread_blueprint() {
             Ok(settings) => settings
                 .into_iter()
@@ -586,15 +600,7 @@ impl Driver {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             pid: std::process::id(),
             uptime_s: self.started.elapsed().as_secs_f64(),
-            listeners: self
-                .listeners
-                .iter()
-                .map(|l| ListenerStatus {
-                    name: l.name().to_owned(),
-                    address: l.local_address().to_owned(),
-                    backlog: l.backlog(),
-                })
-                .collect(),
+            listeners: self.listener_statuses(),
             generations,
             reloads: self.observer.ledger.history(),
             counters: self.observer.ledger.counters.clone(),

@@ -33,16 +33,6 @@ const PIPE_FD: RawFd = 3;
 const ADD: u32 = 1;
 const FORGET: u32 = 2;
 
-/// Signals the guardian ignores: a Ctrl-C on the terminal reaches baton's
-/// whole process group, and the guardian must outlive baton.
-const IGNORED: [libc::c_int; 5] = [
-    libc::SIGINT,
-    libc::SIGHUP,
-    libc::SIGTERM,
-    libc::SIGQUIT,
-    libc::SIGPIPE,
-];
-
 /// baton's end of the guardian: tell it about worker groups.
 #[derive(Debug)]
 pub struct Guardian {
@@ -122,7 +112,10 @@ pub fn is_guardian() -> bool {
 pub fn serve() -> ! {
     // SAFETY: plain system calls on this process, which has one thread.
     unsafe {
-        for signal in IGNORED {
+        // A Ctrl-C on the terminal reaches baton's whole process group, and
+        // `kill -USR1 $(pidof baton)` the guardian too: it must outlive
+        // baton, so it ignores every signal baton handles or ignores.
+        for signal in crate::signals::guardian_ignores() {
             libc::signal(signal, libc::SIG_IGN);
         }
         // exec named it after the file (`exe`); `ps` and `top` show this.
@@ -199,6 +192,8 @@ struct Prepared {
     argv: [*const libc::c_char; 2],
     envp: Vec<*const libc::c_char>,
     _env: Vec<CString>,
+    /// What the guardian ignores, set before exec: no window for a Ctrl-C.
+    ignored: Vec<libc::c_int>,
     /// The pipe's read end and /dev/null, above fd 3 so that no dup2
     /// target clobbers them.
     pipe: OwnedFd,
@@ -224,6 +219,7 @@ impl Prepared {
             argv: [c"baton-guardian".as_ptr(), std::ptr::null()],
             envp,
             _env: env,
+            ignored: crate::signals::guardian_ignores(),
             pipe: dup_high(pipe)?,
             dev_null: dup_high(std::fs::File::open("/dev/null")?.as_fd())?,
         })
@@ -235,8 +231,8 @@ impl Prepared {
         // SAFETY: every call is async-signal-safe, uses buffers built before
         // fork, and touches only this process (the child).
         unsafe {
-            // Ignored stays ignored across exec: no window for a Ctrl-C.
-            for signal in IGNORED {
+            // Ignored stays ignored across exec.
+            for &signal in &self.ignored {
                 libc::signal(signal, libc::SIG_IGN);
             }
             let mut empty = std::mem::zeroed::<libc::sigset_t>();

@@ -9,6 +9,7 @@
 //! - [`driver`]: runs both machines on tokio and does the I/O they ask for.
 //! - [`readiness`]: the per-generation `NOTIFY_SOCKET` receivers.
 //! - [`guardian`]: kills every worker group if baton itself dies.
+//! - [`signals`]: what each signal does to baton, and the stream of them.
 //! - [`control`]: the control socket behind `baton ctl`.
 //! - [`runtime_dir`]: baton's runtime directories, checked against other local users.
 //! - [`local_users`]: whose credentials baton believes (its own uid, root).
@@ -28,6 +29,7 @@ pub mod machine;
 pub mod metrics;
 pub mod readiness;
 pub mod runtime_dir;
+pub mod signals;
 pub mod spawn;
 pub mod status;
 pub mod systemd;

@@ -72,6 +72,39 @@ pub struct ListenerStatus {
     /// The accept queue length baton bound it with; `None` (`null`) for a
     /// socket baton inherited, whose backlog it did not set.
     pub backlog: Option<i32>,
+    /// Whether it still listens where it should.
+    #[serde(default)]
+    pub health: ListenerHealth,
+    /// What is wrong with it while it is broken.
+    #[serde(default)]
+    pub problem: Option<String>,
+    /// How often baton repaired it (a worker shut it down, its socket file
+    /// went away).
+    #[serde(default)]
+    pub repairs: u64,
+}
+
+/// Whether a listener still listens where it should.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerHealth {
+    /// It listens at its address.
+    Ok,
+    /// It does not, and baton could not repair it yet (it tries every second).
+    Broken,
+    /// Not checked: not a stream socket, or a baton too old to check.
+    #[default]
+    Unchecked,
+}
+
+impl std::fmt::Display for ListenerHealth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ListenerHealth::Ok => "ok",
+            ListenerHealth::Broken => "broken",
+            ListenerHealth::Unchecked => "unchecked",
+        })
+    }
 }
 
 /// One generation and what it costs, summed over its process group.
@@ -105,6 +138,9 @@ pub enum Trigger {
     Ctl,
     /// A watched file changed.
     Watch,
+    /// baton bound a listener anew (a worker had broken it) and hands it
+    /// to a new generation.
+    Listener,
 }
 
 impl std::fmt::Display for Trigger {
@@ -113,6 +149,7 @@ impl std::fmt::Display for Trigger {
             Trigger::Signal => "signal",
             Trigger::Ctl => "ctl",
             Trigger::Watch => "watch",
+            Trigger::Listener => "listener",
         })
     }
 }

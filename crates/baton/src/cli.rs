@@ -139,6 +139,11 @@ pub struct RunArgs {
     /// it. SIGHUP and `ctl reload` never wait.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub min_interval: Option<Duration>,
+    /// Forward this signal, as baton gets it, to the active generation's
+    /// leader (USR1 always is); repeatable or comma-separated, e.g. USR2
+    /// for a server that upgrades itself on it. Otherwise baton ignores it.
+    #[arg(long, value_name = "SIGNAL", value_delimiter = ',', value_parser = parse_forward_signal)]
+    pub forward_signal: Vec<i32>,
     /// The worker's command and its arguments.
     /// (Checked by hand, not by clap: clap's "required" error spans lines.)
     #[arg(value_name = "COMMAND", num_args = 1.., trailing_var_arg = true, allow_hyphen_values = true)]
@@ -322,6 +327,16 @@ pub fn parse_signal(text: &str) -> Result<StopSignal, String> {
             .ok_or_else(|| format!("{} cannot be a stop signal", signal.as_str())),
         None => Err("expected a signal name like TERM, INT, QUIT or USR1".to_owned()),
     }
+}
+
+/// A signal for `--forward-signal`: `USR2`, `SIGWINCH`, `RTMIN+1`.
+pub fn parse_forward_signal(text: &str) -> Result<i32, String> {
+    baton_supervisor::signals::parse_forward(text)
+}
+
+/// Signals as [`parse_forward_signal`] reads them, comma-separated.
+pub fn parse_forward_signals(text: &str) -> Result<Vec<i32>, String> {
+    text.split(',').map(parse_forward_signal).collect()
 }
 
 /// An octal file mode such as `0660`.

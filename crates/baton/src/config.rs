@@ -73,6 +73,8 @@ pub struct FileConfig {
     build: Option<String>,
     #[serde(default, deserialize_with = "duration")]
     min_interval: Option<Duration>,
+    #[serde(default, deserialize_with = "forward_signal")]
+    forward_signal: Vec<i32>,
 }
 
 /// The control socket's mode when no flag, variable or file sets it.
@@ -121,6 +123,8 @@ pub struct Resolved {
     pub metrics: Option<SocketAddr>,
     /// The dev loop, when something is watched.
     pub dev: Option<DevSettings>,
+    /// Signals forwarded to the active generation's leader besides USR1.
+    pub forward_signals: Vec<i32>,
 }
 
 /// Why the settings do not resolve.
@@ -304,6 +308,11 @@ pub fn resolve(
             .or(file.control_mode)
             .unwrap_or(DEFAULT_CONTROL_MODE),
         metrics: args.metrics.or(file.metrics),
+        forward_signals: if args.forward_signal.is_empty() {
+            file.forward_signal
+        } else {
+            args.forward_signal.clone()
+        },
     })
 }
 
@@ -407,6 +416,12 @@ pub fn render(resolved: &Resolved) -> String {
     if let Some(addr) = resolved.metrics {
         out.push(format!("metrics = {addr}"));
     }
+    for &signal in &resolved.forward_signals {
+        out.push(format!(
+            "forward_signal = {}",
+            baton_supervisor::signals::name(signal)
+        ));
+    }
     if let Some(dev) = &resolved.dev {
         for path in &dev.watch.paths {
             out.push(format!("watch = {}", path.display()));
@@ -466,6 +481,13 @@ where
         .map_err(serde::de::Error::custom)
 }
 
+fn forward_signal<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<i32>, D::Error> {
+    Vec::<String>::deserialize(d)?
+        .iter()
+        .map(|name| cli::parse_forward_signal(name).map_err(serde::de::Error::custom))
+        .collect()
+}
+
 fn listen<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     let specs = Vec::<String>::deserialize(d)?;
     for spec in &specs {
@@ -505,6 +527,28 @@ mod tests {
         assert_eq!(r.name, "app");
         assert_eq!(r.blueprint.env, vec![("A".into(), "1".into())]);
         assert_eq!(r.blueprint.listeners[0].name, "http");
+    }
+
+    #[test]
+    fn forwarded_signals_come_from_the_flag_else_the_file() {
+        use nix::sys::signal::Signal;
+        let text = "command = [\"app\"]\nlisten = [\":8080\"]\nforward_signal = [\"USR2\", \"SIGWINCH\"]\n";
+        let r = resolve(&run_args(&[]), Some(file(text).unwrap()), false).unwrap();
+        assert_eq!(
+            r.forward_signals,
+            [Signal::SIGUSR2 as i32, Signal::SIGWINCH as i32]
+        );
+        assert!(render(&r).contains("forward_signal = SIGUSR2\nforward_signal = SIGWINCH"));
+        let args = run_args(&["--forward-signal", "TTIN"]);
+        let r = resolve(&args, Some(file(text).unwrap()), false).unwrap();
+        assert_eq!(r.forward_signals, [Signal::SIGTTIN as i32]);
+        let err = file("forward_signal = [\"TERM\"]\n").unwrap_err();
+        assert!(
+            err.starts_with(
+                "baton.toml: line 1, key `forward_signal`: SIGTERM acts on baton itself"
+            ),
+            "{err}"
+        );
     }
 
     #[test]

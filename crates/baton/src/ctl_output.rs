@@ -63,7 +63,14 @@ fn status_table(out: &mut String, s: &Status) {
     for l in &s.listeners {
         // Unknown for a socket baton inherited: it never set the backlog.
         let backlog = l.backlog.map_or("?".into(), |b| b.to_string());
-        let _ = writeln!(out, "  {:<12} {:<32} backlog {backlog}", l.name, l.address);
+        let _ = writeln!(
+            out,
+            "  {:<12} {:<32} {:<9} backlog {backlog}",
+            l.name, l.address, l.health
+        );
+        if let Some(problem) = &l.problem {
+            let _ = writeln!(out, "    {problem}");
+        }
     }
     let _ = writeln!(
         out,
@@ -187,6 +194,7 @@ mod tests {
             name: name.into(),
             address: "127.0.0.1:8080".into(),
             backlog,
+            ..ListenerStatus::default()
         };
         let status = Status {
             listeners: vec![listener("bound", Some(1024)), listener("inherited", None)],

@@ -3,7 +3,7 @@
 //!
 //! Each setting of `baton run` that the file has, except the command and
 //! the lists (`listen`, `watch`, `ignore`, `ext`), may come from
-//! `BATON_<KEY>`: `ready_timeout` from `BATON_READY_TIMEOUT`. They are read
+//! `BATON_<KEY>` (`forward_signal`, a list, comma-separated): `ready_timeout` from `BATON_READY_TIMEOUT`. They are read
 //! once, at start; a reload re-reads the file only. baton reads them itself
 //! rather than through clap's `env`, for two reasons: an error names the
 //! variable, not a flag the user never gave, and an empty variable counts
@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use crate::cli::{self, RunArgs};
 
 /// The config-file keys that have a variable, in `baton run --help` order.
-pub const KEYS: [&str; 16] = [
+pub const KEYS: [&str; 17] = [
     "backlog",
     "unix_mode",
     "ready",
@@ -33,6 +33,7 @@ pub const KEYS: [&str; 16] = [
     "debounce",
     "build",
     "min_interval",
+    "forward_signal",
 ];
 
 /// The variable of a key: `BATON_` and the key in capitals.
@@ -82,6 +83,11 @@ pub fn fill(args: &mut RunArgs, lookup: impl Fn(&str) -> Option<OsString>) -> Re
     vars.fill(&mut args.debounce, "debounce", cli::parse_duration)?;
     vars.fill(&mut args.build, "build", |text| Ok(text.to_owned()))?;
     vars.fill(&mut args.min_interval, "min_interval", cli::parse_duration)?;
+    let mut forward = None;
+    vars.fill(&mut forward, "forward_signal", cli::parse_forward_signals)?;
+    if args.forward_signal.is_empty() {
+        args.forward_signal = forward.unwrap_or_default();
+    }
     Ok(())
 }
 
@@ -156,6 +162,7 @@ mod tests {
             ("BATON_DEBOUNCE", "50ms"),
             ("BATON_BUILD", "make"),
             ("BATON_MIN_INTERVAL", "2s"),
+            ("BATON_FORWARD_SIGNAL", "USR2,WINCH"),
         ]);
         let asked = RefCell::new(Vec::new());
         let mut args = run_args(&["--config", "baton.toml"]);
@@ -170,6 +177,11 @@ mod tests {
         assert!(!debug.contains("None"), "an option left unfilled: {debug}");
         assert_eq!(args.ready_timeout, Some(Duration::from_secs(5)));
         assert_eq!(args.control, Some(PathBuf::from("/run/app.sock")));
+        use nix::sys::signal::Signal;
+        assert_eq!(
+            args.forward_signal,
+            [Signal::SIGUSR2 as i32, Signal::SIGWINCH as i32]
+        );
     }
 
     #[test]

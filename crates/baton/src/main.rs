@@ -15,6 +15,7 @@ use baton_supervisor::driver::{Config, Driver, Reloader};
 use baton_supervisor::guardian::Guardian;
 use baton_supervisor::listeners;
 use baton_supervisor::runtime_dir::{self, RuntimeDir};
+use baton_supervisor::signals::SignalTable;
 use baton_supervisor::spawn::resolve_program;
 use baton_supervisor::systemd::SystemdNotifier;
 use clap::Parser;
@@ -153,6 +154,7 @@ fn run(mut args: RunArgs) -> anyhow::Result<()> {
         systemd,
         dev: resolved.dev,
         runtime,
+        signals: SignalTable::new(&resolved.forward_signals),
     };
     // Before the runtime, so that no worker can exist unguarded.
     let guardian = Guardian::start().context("cannot start the guardian process")?;

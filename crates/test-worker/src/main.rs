@@ -4,12 +4,13 @@
 //! Server::Starter) through `baton_worker`, or binds `--bind` itself, says
 //! `READY=1`, serves, and drains on SIGTERM. Knobs make it misbehave:
 //! start slowly, never get ready, exit at once, ignore the stop signal,
-//! crash, answer slowly, leave a child behind, start a daemon that escapes
-//! its process group, fall silent towards the watchdog. With
-//! `WATCHDOG_USEC` set it sends `WATCHDOG=1` every half interval once
-//! ready. With `--from-gen N` the
-//! knobs apply only to generations `>= N` (`BATON_GENERATION`; 0 when
-//! unset), so one command line can make only later generations misbehave.
+//! crash, answer slowly, leave a child behind, shut the shared listener
+//! down, start a daemon that escapes its process group, fall silent towards
+//! the watchdog. With `WATCHDOG_USEC` set it sends `WATCHDOG=1` every half
+//! interval once ready. With `--from-gen N` the knobs apply only to
+//! generations `>= N` (`BATON_GENERATION`; 0 when unset), with `--to-gen N`
+//! only to those `<= N`, so one command line can make only some
+//! generations misbehave.
 //!
 //! Lines on stderr (one event each, `P` = this process's pid):
 //!
@@ -26,12 +27,15 @@
 //! test-worker pid=P crash-after requests=N
 //! test-worker pid=P crashing
 //! test-worker pid=P drained
+//! test-worker pid=P shutdown-listener how=rd|rdwr fd=N
+//! test-worker pid=P signal=SIGUSR1
 //! test-worker pid=P error: MESSAGE
 //! ```
 //!
 //! `ADDR` is `host:port` for TCP, `unix:PATH` for a unix socket.
 
 use std::convert::Infallible;
+use std::os::fd::AsRawFd;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -48,6 +52,8 @@ use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use tokio_util::sync::CancellationToken;
+
+mod children;
 
 /// One line to stderr in a single write: baton's own log lines share the
 /// pipe, and `eprintln!` may write a line in pieces that interleave.
@@ -119,6 +125,22 @@ struct Args {
     #[arg(long, value_name = "N")]
     from_gen: Option<u64>,
 
+    /// Apply the misbehaviour knobs only when BATON_GENERATION <= N.
+    #[arg(long, value_name = "N")]
+    to_gen: Option<u64>,
+
+    /// Call `shutdown(2)` on the first listening socket right after the
+    /// start line (`rd` or `rdwr`): it stops listening for every process
+    /// that holds it, baton included. A fault for baton to repair.
+    #[arg(long, value_name = "rd|rdwr", value_parser = parse_shutdown)]
+    shutdown_listener: Option<libc::c_int>,
+
+    /// Catch these signals (names like USR1, ALRM; repeatable or
+    /// comma-separated) and log each one instead of dying of it. Not
+    /// gated by --from-gen.
+    #[arg(long, value_name = "SIGNAL", value_delimiter = ',', value_parser = parse_signal)]
+    log_signals: Vec<libc::c_int>,
+
     /// Read this file at startup and answer `GET /answer` with its content
     /// (stands in for "the code" a dev-loop build step produces).
     #[arg(long, value_name = "FILE")]
@@ -137,11 +159,14 @@ struct Knobs {
     fork_child: bool,
     setsid_daemon: bool,
     stop_watchdog_after: Option<u64>,
+    shutdown_listener: Option<libc::c_int>,
 }
 
 impl Knobs {
     fn for_generation(args: &Args, generation: u64) -> Knobs {
-        if args.from_gen.is_some_and(|from| generation < from) {
+        if args.from_gen.is_some_and(|from| generation < from)
+            || args.to_gen.is_some_and(|to| generation > to)
+        {
             return Knobs::default();
         }
         Knobs {
@@ -154,6 +179,7 @@ impl Knobs {
             fork_child: args.fork_child,
             setsid_daemon: args.setsid_daemon,
             stop_watchdog_after: args.stop_watchdog_after,
+            shutdown_listener: args.shutdown_listener,
         }
     }
 }
@@ -211,12 +237,24 @@ fn run(args: Args, startup: Startup) -> anyhow::Result<ExitCode> {
         listening.join(",")
     );
     if knobs.fork_child {
-        let child = fork_child().context("fork")?;
+        let child = children::fork_child().context("fork")?;
         log!("test-worker pid={pid} fork-child pid={child}");
     }
     if knobs.setsid_daemon {
-        let daemon = setsid_daemon().context("starting the daemon")?;
+        let daemon = children::setsid_daemon().context("starting the daemon")?;
         log!("test-worker pid={pid} setsid-daemon pid={daemon}");
+    }
+    if let (Some(how), Some(first)) = (knobs.shutdown_listener, listeners.first()) {
+        let fd = match first {
+            Listener::Tcp(l) => l.as_raw_fd(),
+            Listener::Unix(l) => l.as_raw_fd(),
+        };
+        // SAFETY: shutdown on a descriptor this process holds; no memory is touched.
+        if unsafe { libc::shutdown(fd, how) } != 0 {
+            bail!("shutdown(fd {fd}): {}", std::io::Error::last_os_error());
+        }
+        let how = if how == libc::SHUT_RD { "rd" } else { "rdwr" };
+        log!("test-worker pid={pid} shutdown-listener how={how} fd={fd}");
     }
     if let Some(code) = knobs.exit_at_start {
         log!("test-worker pid={pid} exit-at-start code={code}");
@@ -245,7 +283,10 @@ fn run(args: Args, startup: Startup) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;
-    runtime.block_on(work(app, listeners, args.idle_grace))?;
+    runtime.block_on(async {
+        log_signals(pid, &args.log_signals)?;
+        work(app, listeners, args.idle_grace).await
+    })?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -259,74 +300,60 @@ fn bind(addr: &str) -> anyhow::Result<Listener> {
     Ok(Listener::Tcp(listener))
 }
 
-/// Forks a child that ignores SIGTERM and pauses forever.
-fn fork_child() -> std::io::Result<libc::pid_t> {
-    // SAFETY: no other thread exists yet (the runtime has not started),
-    // and the child only calls async-signal-safe functions (signal, pause)
-    // and never returns into Rust code.
-    let pid = unsafe { libc::fork() };
-    if pid < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    if pid == 0 {
-        // SAFETY: async-signal-safe calls only, in the child of a fork.
-        unsafe {
-            libc::signal(libc::SIGTERM, libc::SIG_IGN);
-            loop {
-                libc::pause();
+/// `--log-signals`: one line per signal received, for as long as the runtime runs.
+fn log_signals(pid: u32, signals: &[libc::c_int]) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    for &number in signals {
+        let mut stream = signal(SignalKind::from_raw(number))
+            .with_context(|| format!("catching signal {number}"))?;
+        let name = signal_name(number);
+        tokio::spawn(async move {
+            while stream.recv().await.is_some() {
+                log!("test-worker pid={pid} signal={name}");
             }
-        }
+        });
     }
-    Ok(pid)
+    Ok(())
 }
 
-/// Starts a daemon the classic way: fork, `setsid`, fork again and let the
-/// middle process exit. Returns the daemon's pid.
-fn setsid_daemon() -> std::io::Result<libc::pid_t> {
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 writes two new descriptors into the array.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(std::io::Error::last_os_error());
+/// The signals `--log-signals` knows by name.
+const SIGNALS: [(&str, libc::c_int); 12] = [
+    ("HUP", libc::SIGHUP),
+    ("INT", libc::SIGINT),
+    ("QUIT", libc::SIGQUIT),
+    ("USR1", libc::SIGUSR1),
+    ("USR2", libc::SIGUSR2),
+    ("ALRM", libc::SIGALRM),
+    ("TERM", libc::SIGTERM),
+    ("WINCH", libc::SIGWINCH),
+    ("PWR", libc::SIGPWR),
+    ("VTALRM", libc::SIGVTALRM),
+    ("PROF", libc::SIGPROF),
+    ("IO", libc::SIGIO),
+];
+
+fn parse_signal(text: &str) -> Result<libc::c_int, String> {
+    let name = text.strip_prefix("SIG").unwrap_or(text);
+    SIGNALS
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|&(_, number)| number)
+        .ok_or_else(|| format!("unknown signal {text:?}"))
+}
+
+fn signal_name(number: libc::c_int) -> String {
+    SIGNALS
+        .iter()
+        .find(|&&(_, n)| n == number)
+        .map_or_else(|| number.to_string(), |(name, _)| format!("SIG{name}"))
+}
+
+fn parse_shutdown(text: &str) -> Result<libc::c_int, String> {
+    match text {
+        "rd" => Ok(libc::SHUT_RD),
+        "rdwr" => Ok(libc::SHUT_RDWR),
+        _ => Err("expected rd or rdwr".into()),
     }
-    let [read, write] = fds;
-    // SAFETY: no other thread exists yet (the runtime has not started);
-    // both children only make async-signal-safe calls and never return
-    // into Rust code.
-    let middle = unsafe { libc::fork() };
-    if middle < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    if middle == 0 {
-        // SAFETY: async-signal-safe calls only, in the child of a fork.
-        unsafe {
-            libc::setsid();
-            let daemon = libc::fork();
-            if daemon == 0 {
-                libc::close(read);
-                libc::close(write);
-                libc::signal(libc::SIGTERM, libc::SIG_IGN);
-                loop {
-                    libc::pause();
-                }
-            }
-            libc::write(write, (&raw const daemon).cast(), size_of::<libc::pid_t>());
-            libc::_exit(0);
-        }
-    }
-    let mut daemon: libc::pid_t = 0;
-    // SAFETY: closes our copy of the write end, reads into a local, and
-    // waits for our own child.
-    let n = unsafe {
-        libc::close(write);
-        let n = libc::read(read, (&raw mut daemon).cast(), size_of::<libc::pid_t>());
-        libc::close(read);
-        libc::waitpid(middle, std::ptr::null_mut(), 0);
-        n
-    };
-    if n != size_of::<libc::pid_t>() as isize || daemon <= 0 {
-        return Err(std::io::Error::other("the daemon did not start"));
-    }
-    Ok(daemon)
 }
 
 struct App {
@@ -614,6 +641,17 @@ mod tests {
         assert!(Knobs::for_generation(&args, 3).never_ready);
         let args = Args::parse_from(["test-worker", "--never-ready"]);
         assert!(Knobs::for_generation(&args, 0).never_ready);
+        let args = Args::parse_from([
+            "test-worker",
+            "--never-ready",
+            "--from-gen",
+            "2",
+            "--to-gen",
+            "2",
+        ]);
+        assert!(!Knobs::for_generation(&args, 1).never_ready);
+        assert!(Knobs::for_generation(&args, 2).never_ready);
+        assert!(!Knobs::for_generation(&args, 3).never_ready);
     }
 
     #[test]

@@ -67,11 +67,13 @@ fn snapshot() -> Snapshot {
                     name: "http".into(),
                     address: "127.0.0.1:8080".into(),
                     backlog: Some(1024),
+                    ..ListenerStatus::default()
                 },
                 ListenerStatus {
                     name: "<admin>".into(),
                     address: "unix:/run/a&b.sock".into(),
                     backlog: None,
+                    ..ListenerStatus::default()
                 },
             ],
             generations,
