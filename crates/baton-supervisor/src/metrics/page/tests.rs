@@ -67,12 +67,16 @@ fn snapshot() -> Snapshot {
                     name: "http".into(),
                     address: "127.0.0.1:8080".into(),
                     backlog: Some(1024),
+                    health: ListenerHealth::Ok,
+                    repairs: 2,
                     ..ListenerStatus::default()
                 },
                 ListenerStatus {
                     name: "<admin>".into(),
                     address: "unix:/run/a&b.sock".into(),
                     backlog: None,
+                    health: ListenerHealth::Broken,
+                    problem: Some("a regular file sits at /run/a&b.sock".into()),
                     ..ListenerStatus::default()
                 },
             ],
@@ -129,7 +133,12 @@ fn shows_generations_reloads_and_listeners() {
         page.contains(">inherited<"),
         "an inherited socket's backlog"
     );
-    assert!(!page.contains("<th>health</th>"), "no health reported yet");
+    assert!(page.contains("<th>health</th>"));
+    assert!(page.contains(">ok, repaired 2×<"), "{page}");
+    assert!(
+        page.contains("h-bad\">broken: a regular file sits at /run/a&amp;b.sock<"),
+        "a broken listener, its problem escaped"
+    );
 }
 
 #[test]
