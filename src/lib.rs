@@ -387,8 +387,13 @@ pub struct Traffic {
 }
 
 impl Traffic {
-    /// Start `clients` clients in `mode`, bounded to two minutes.
-    pub fn start(addr: SocketAddr, mode: baton_loadgen::Mode, clients: usize) -> Traffic {
+    /// Start `clients` clients in `mode`, bounded to two minutes, against
+    /// a TCP address or a unix socket (`Target::Unix`).
+    pub fn start(
+        addr: impl Into<baton_loadgen::Target>,
+        mode: baton_loadgen::Mode,
+        clients: usize,
+    ) -> Traffic {
         let rt = runtime();
         let load = {
             let _enter = rt.enter();

@@ -7,5 +7,8 @@
 //! One module per kind of fault.
 
 mod descriptors;
+mod listener;
 mod local_users;
 mod logs;
+mod processes;
+mod signals;

@@ -8,9 +8,13 @@
 //! the I/O they ask for:
 //!
 //! - [`processes`]: the one table of pids and process groups, and the reaper;
+//! - [`escapees`]: baton's children outside every generation, stopped at exit;
 //! - [`observe`]: logs, systemd and the reload ledger, from the machine's notices;
 //! - [`build`]: the dev loop's build step;
-//! - [`sampling`]: what each generation costs, measured off the loop.
+//! - [`sampling`]: what each generation costs, measured off the loop;
+//! - [`listening`]: listener health: check, repair, hand over;
+//! - [`signals`]: what each signal baton receives does.
+//! - [`waits`]: optional timers and watchers as futures for the loop.
 //!
 //! Call [`Driver::run`] from a current-thread runtime: the workers' leaders
 //! get `PR_SET_PDEATHSIG`, which fires when the *thread* that forked them
@@ -18,12 +22,16 @@
 
 mod blueprint;
 mod build;
+mod escapees;
 mod ledger;
+mod listening;
 mod observe;
 mod processes;
 mod reread;
 mod sampling;
+mod signals;
 mod status_lines;
+mod waits;
 
 pub use self::blueprint::{Blueprint, Config, Reloader};
 pub use self::ledger::ReloadLedger;
@@ -40,9 +48,11 @@ use nix::sys::signal::Signal;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use self::listening::{Health, Moment};
 use self::observe::{Observer, WatchOutcome};
 use self::processes::{ProcessTable, Reaped};
 use self::sampling::{Groups, Usages};
+use self::waits::{interval, next_batch, sleep_until, tick};
 use crate::control::{self, ControlRequest, Response};
 use crate::devloop::{DevAction, DevLoop};
 use crate::fswatch::{ChangeBatch, WatchError, Watcher};
@@ -54,8 +64,9 @@ use crate::metrics::{self, Snapshot};
 use crate::readiness::kernel::HandedSockets;
 use crate::readiness::observer::{self, Observation, Seen};
 use crate::readiness::{Notification, ReadinessDir, ReadinessSocket};
+use crate::signals::{SignalTable, Signals};
 use crate::spawn::{Role, SpawnRequest};
-use crate::status::{GenerationStatus, ListenerStatus, Status, Trigger};
+use crate::status::{GenerationStatus, Status, Trigger};
 
 /// How often to look for generations whose process group emptied without
 /// telling baton (a member reaped by another member sends no SIGCHLD here).
@@ -73,6 +84,9 @@ pub enum DriverError {
     /// baton cannot become a child subreaper.
     #[error("cannot become a child subreaper: {0}")]
     Subreaper(io::Error),
+    /// No worker could ever start: the machine gave up (the reason says how).
+    #[error("{0}")]
+    GaveUp(String),
 }
 
 /// The driver. See the [module docs](self).
@@ -106,6 +120,8 @@ pub struct Driver {
     usage: watch::Receiver<Usages>,
     started: Instant,
     interrupts: u32,
+    signal_table: SignalTable,
+    health: Health,
     status_lines: status_lines::StatusLines,
 }
 
@@ -160,18 +176,19 @@ impl Driver {
             usage,
             started: Instant::now(),
             interrupts: 0,
+            signal_table: config.signals,
+            health: Health::default(),
             status_lines: Default::default(),
         })
     }
 
     /// Start the first generation and supervise until shutdown is complete.
     pub async fn run(mut self) -> Result<(), DriverError> {
-        let install = |kind| signal(kind).map_err(DriverError::Signals);
-        let mut hangup = install(SignalKind::hangup())?;
-        let mut terminate = install(SignalKind::terminate())?;
-        let mut interrupt = install(SignalKind::interrupt())?;
-        let mut child = install(SignalKind::child())?;
+        let mut signals =
+            Signals::install(self.signal_table.clone()).map_err(DriverError::Signals)?;
+        let mut child = signal(SignalKind::child()).map_err(DriverError::Signals)?;
         let mut group_check = interval(GROUP_CHECK_INTERVAL);
+        let mut listener_check = interval(listening::CHECK_INTERVAL);
         // Pings prove that baton's own loop runs: a worker in crash
         // backoff must not get baton killed.
         let mut watchdog = self
@@ -210,13 +227,8 @@ impl Driver {
                     self.observer.tell_systemd(|s| s.watchdog());
                     Vec::new()
                 }
-                _ = hangup.recv() => self.request_reload(Trigger::Signal, None),
+                signal = signals.recv() => self.on_signal(&mut signals, signal),
                 Some(request) = self.requests_rx.recv() => self.on_control(request),
-                _ = terminate.recv() => vec![Event::ShutdownRequested],
-                _ = interrupt.recv() => {
-                    self.interrupts += 1;
-                    vec![if self.interrupts == 1 { Event::ShutdownRequested } else { Event::ForceShutdown }]
-                }
                 Some(note) = self.notes_rx.recv() => self.on_notification(note),
                 Some(seen) = self.seen_rx.recv() => vec![seen.into_event()],
                 // Reaping follows every wake-up: a SIGCHLD may have been
@@ -227,6 +239,7 @@ impl Driver {
                     let _ = self.notify_dir.repair(&mut self.readiness, &self.notes);
                     Vec::new()
                 }
+                _ = listener_check.tick() => self.check_listeners(Moment::Routine),
             };
         }
         // Answer whoever still waits, and let those answers be written
@@ -234,8 +247,11 @@ impl Driver {
         self.observer.ledger.close("baton has stopped");
         tasks.in_flight.settle(Duration::from_secs(1)).await;
         drop(tasks);
+        let (timeout, force) = (self.machine.settings().drain_timeout, self.interrupts >= 2);
+        escapees::stop(&mut self.processes, timeout, force).await;
+        let gave_up = self.machine.gave_up().map(str::to_owned);
         self.finish();
-        Ok(())
+        gave_up.map_or(Ok(()), |reason| Err(DriverError::GaveUp(reason)))
     }
 
     /// The servers and the sampler are tasks of their own: a slow client
@@ -276,7 +292,7 @@ impl Driver {
                     }
                     Action::Observe { generation } => self.observe(generation),
                     Action::Drain { generation, signal } => {
-                        self.processes.signal(generation, to_signal(signal))
+                        self.processes.drain(generation, to_signal(signal))
                     }
                     Action::Kill { generation } => {
                         self.processes.signal(generation, Signal::SIGKILL)
@@ -284,6 +300,7 @@ impl Driver {
                     Action::Forget { generation } => {
                         self.processes.forget(generation);
                         self.readiness.remove(&generation);
+                        queue.extend(self.listeners_after_exit(generation));
                         if let Some(suppressed) = self.status_lines.forget(generation) {
                             tracing::info!(
                                 generation,
@@ -300,7 +317,7 @@ impl Driver {
                         let outcome = self.observer.observe(notice, &self.processes);
                         self.watch_reload_done(outcome);
                     }
-                    Action::Exit => return true,
+                    Action::Exit | Action::GiveUp { .. } => return true,
                 }
             }
         }
@@ -341,6 +358,9 @@ impl Driver {
             .notify_dir
             .listen(generation, self.notes.clone())
             .map_err(|error| format!("cannot create its notify socket: {error}"))?;
+        // Whatever is bound anew here goes to this generation.
+        self.check_listeners(Moment::BeforeSpawn);
+        self.health.handed_to(generation, self.listeners.len());
         let sockets: Vec<(&str, _)> = self
             .listeners
             .iter()
@@ -352,6 +372,7 @@ impl Driver {
                 generation,
                 sockets: &sockets,
                 notify_socket: notify.path(),
+                watchdog: self.machine.generation(generation).and_then(|g| g.watchdog),
             },
             env: self.blueprint.environment(),
             output: None,
@@ -393,6 +414,11 @@ impl Driver {
             return vec![Event::ReloadRequested { id }];
         }
         self.observer.reload_requested(id, trigger);
+        // A listener bound anew is handed over to the running code: an
+        // automatic reload must not pick up a half-edited config file.
+        if trigger == Trigger::Listener {
+            return vec![Event::ReloadRequested { id }];
+        }
         match &self.reloader {
             Some(reloader) => {
                 self.rereads.request(reloader, id, trigger);
@@ -430,11 +456,13 @@ impl Driver {
                 tracing::info!(generation, sender, %status, "worker status");
             }
         }
-        if !note.ready {
-            return Vec::new();
+        if note.ready {
+            tracing::info!(generation, sender, "READY=1 received");
         }
-        tracing::info!(generation, sender, "READY=1 received");
-        vec![Event::Ready { generation }]
+        let ping = note.watchdog.then_some(Event::WatchdogPing { generation });
+        ping.into_iter()
+            .chain(note.ready.then_some(Event::Ready { generation }))
+            .collect()
     }
 
     /// Watched files changed.
@@ -543,6 +571,7 @@ impl Driver {
     /// What `status` answers.
     pub fn status(&self) -> Status {
         let usage = self.usage.borrow().clone();
+        let costs = &usage.usage;
         let now = Instant::now();
         let unix_now = crate::status::unix_now();
         let generations = self
@@ -557,7 +586,8 @@ impl Driver {
                     state: state.phase.name().to_owned(),
                     started_at: unix_now - age.as_secs_f64(),
                     ready_ms: state.ready_after.map(|d| d.as_millis() as u64),
-                    usage: pid.and_then(|p| usage.get(&p)).cloned().unwrap_or_default(),
+                    silent: state.is_silent(),
+                    usage: pid.and_then(|p| costs.get(&p)).cloned().unwrap_or_default(),
                 }
             })
             .collect();
@@ -565,18 +595,12 @@ impl Driver {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             pid: std::process::id(),
             uptime_s: self.started.elapsed().as_secs_f64(),
-            listeners: self
-                .listeners
-                .iter()
-                .map(|l| ListenerStatus {
-                    name: l.name().to_owned(),
-                    address: l.local_address().to_owned(),
-                    backlog: l.backlog(),
-                })
-                .collect(),
+            listeners: self.listener_statuses(),
             generations,
             reloads: self.observer.ledger.history(),
             counters: self.observer.ledger.counters.clone(),
+            escaped: usage.escaped.clone(),
+            guardian: self.processes.guardian(),
         }
     }
 
@@ -590,8 +614,14 @@ impl Driver {
             .filter_map(|(g, _)| self.processes.pid(g))
             .collect();
         let all = self.processes.live_groups().map(|(_, pid)| pid).collect();
+        let known = escapees::known(&self.processes);
+        let wanted = Groups {
+            all,
+            draining,
+            known,
+        };
         self.sample_groups
-            .send_if_modified(|groups| replace_if_changed(groups, Groups { all, draining }));
+            .send_if_modified(|groups| replace_if_changed(groups, wanted));
         if let Some(snapshots) = &self.snapshots {
             let status = self.status();
             if self.usage.has_changed().unwrap_or(false) {
@@ -652,36 +682,4 @@ fn to_signal(signal: StopSignal) -> Signal {
         tracing::warn!(%signal, "cannot send this signal: sending SIGTERM instead");
         Signal::SIGTERM
     })
-}
-
-fn interval(period: Duration) -> tokio::time::Interval {
-    let mut timer = tokio::time::interval(period);
-    timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    timer
-}
-
-/// The next tick of an optional interval; never, without one.
-async fn tick(timer: &mut Option<tokio::time::Interval>) {
-    match timer {
-        Some(timer) => {
-            timer.tick().await;
-        }
-        None => std::future::pending().await,
-    }
-}
-
-/// The next batch of changes; never, without a watcher.
-async fn next_batch(watcher: &mut Option<Watcher>) -> Result<ChangeBatch, WatchError> {
-    match watcher {
-        Some(watcher) => watcher.next_batch().await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Sleep until `deadline`; never, without one.
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
-        None => std::future::pending().await,
-    }
 }

@@ -11,6 +11,7 @@
 //! - [`fdlimit`]: baton's descriptor limit, raised, and its workers', restored.
 //! - [`guardian`]: kills every worker group if baton itself dies.
 //! - [`accept`]: what the control and metrics servers do when `accept` fails, and their connection caps.
+//! - [`signals`]: what each signal does to baton, and the stream of them.
 //! - [`control`]: the control socket behind `baton ctl`.
 //! - [`runtime_dir`]: baton's runtime directories, checked against other local users.
 //! - [`local_users`]: whose credentials baton believes (its own uid, root).
@@ -32,6 +33,7 @@ pub mod machine;
 pub mod metrics;
 pub mod readiness;
 pub mod runtime_dir;
+pub mod signals;
 pub mod spawn;
 pub mod status;
 pub mod systemd;

@@ -22,7 +22,7 @@ use tokio::sync::watch;
 use self::history::CostHistory;
 use crate::accept::{AcceptErrors, Slots};
 use crate::machine::Phase;
-use crate::status::{Outcome, Status};
+use crate::status::{ListenerHealth, Outcome, Status};
 
 /// The content type of `/metrics`: the text format, version 0.0.4.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -95,6 +95,26 @@ pub fn render(snapshot: &Snapshot) -> String {
         "gauge",
         "1 while baton runs.",
         &[(String::new(), "1".into())],
+    );
+    let per_listener = |value: &dyn Fn(&crate::status::ListenerStatus) -> String| {
+        status
+            .listeners
+            .iter()
+            .filter(|l| l.health != ListenerHealth::Unchecked)
+            .map(|l| (format!("{{name=\"{}\"}}", label_value(&l.name)), value(l)))
+            .collect::<Vec<_>>()
+    };
+    family(
+        "baton_listener_up",
+        "gauge",
+        "1 while the listener listens where it should, 0 while broken.",
+        &per_listener(&|l| u8::from(l.health == ListenerHealth::Ok).to_string()),
+    );
+    family(
+        "baton_listener_repairs_total",
+        "counter",
+        "Times baton repaired the listener after a worker broke it.",
+        &per_listener(&|l| l.repairs.to_string()),
     );
     family(
         "baton_build_info",
@@ -339,6 +359,38 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("generation=\"2\""), "{text}");
+    }
+
+    #[test]
+    fn listeners_have_a_health_gauge() {
+        use crate::status::ListenerStatus;
+        let mut snapshot = Snapshot::default();
+        snapshot.status.listeners = vec![
+            ListenerStatus {
+                name: "http".into(),
+                health: ListenerHealth::Ok,
+                repairs: 2,
+                ..ListenerStatus::default()
+            },
+            ListenerStatus {
+                name: "admin".into(),
+                health: ListenerHealth::Broken,
+                ..ListenerStatus::default()
+            },
+        ];
+        let text = render(&snapshot);
+        assert!(
+            text.contains("baton_listener_up{name=\"http\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("baton_listener_up{name=\"admin\"} 0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("baton_listener_repairs_total{name=\"http\"} 2\n"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -10,7 +10,8 @@
 //! a wrapper such as `npm start`, or a short-lived `systemd-notify --ready`
 //! that is gone before anyone could look up its pid. A late `READY=1` of an
 //! older generation arrives on that generation's socket and never counts
-//! for a newer one. The sender's pid (from `SO_PASSCRED`) is only logged.
+//! for a newer one; so does a `WATCHDOG=1`. The sender's pid (from
+//! `SO_PASSCRED`) is only logged.
 //!
 //! The sockets live in baton's own [`RuntimeDir`] (mode 0700, never beside
 //! a `--control` path), so only the workers' uid reaches them; and a
@@ -49,6 +50,8 @@ pub struct Notification {
     pub sender: Option<i32>,
     /// Whether the message holds the line `READY=1`.
     pub ready: bool,
+    /// Whether the message holds the line `WATCHDOG=1`.
+    pub watchdog: bool,
     /// `STATUS=` text, if any.
     pub status: Option<String>,
 }
@@ -60,11 +63,13 @@ pub fn parse(generation: Generation, sender: Option<i32>, message: &[u8]) -> Not
         generation,
         sender,
         ready: false,
+        watchdog: false,
         status: None,
     };
     for line in text.lines() {
         match line.split_once('=') {
             Some(("READY", "1")) => notification.ready = true,
+            Some(("WATCHDOG", "1")) => notification.watchdog = true,
             Some(("STATUS", status)) => notification.status = Some(status.to_owned()),
             _ => {}
         }
@@ -246,6 +251,10 @@ mod tests {
         assert!(!parse(1, None, b"READY=0").ready);
         assert!(!parse(1, None, b"XREADY=1").ready);
         assert!(!parse(1, None, b"RELOADING=1").ready);
+        assert!(parse(1, None, b"WATCHDOG=1").watchdog);
+        assert!(parse(1, None, b"STATUS=x\nWATCHDOG=1\n").watchdog);
+        assert!(!parse(1, None, b"WATCHDOG=trigger").watchdog);
+        assert!(!parse(1, None, b"READY=1").watchdog);
         assert_eq!(
             parse(1, None, b"STATUS=warming up").status.as_deref(),
             Some("warming up")

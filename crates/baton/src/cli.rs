@@ -95,6 +95,14 @@ pub struct RunArgs {
     /// The most generations draining at once; a reload beyond it kills the oldest.
     #[arg(long, value_name = "N", value_parser = parse_count::<NonZeroUsize>)]
     pub max_draining: Option<NonZeroUsize>,
+    /// Ask workers for sd_notify watchdog pings (WATCHDOG_USEC): an active
+    /// worker that sends no WATCHDOG=1 for this long is replaced; 0 turns it off.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub watchdog: Option<Duration>,
+    /// Give up and exit 1 after this many failed starts in a row while no
+    /// worker was ever ready; after one was, failures are only backed off.
+    #[arg(long, value_name = "N", value_parser = parse_count::<NonZeroU32>)]
+    pub start_limit: Option<NonZeroU32>,
     /// This baton's name, for its control socket [default: the command's file name].
     #[arg(long, value_name = "NAME", value_parser = parse_name)]
     pub name: Option<String>,
@@ -132,6 +140,11 @@ pub struct RunArgs {
     /// it. SIGHUP and `ctl reload` never wait.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub min_interval: Option<Duration>,
+    /// Forward this signal, as baton gets it, to the active generation's
+    /// leader (USR1 always is); repeatable or comma-separated, e.g. USR2
+    /// for a server that upgrades itself on it. Otherwise baton ignores it.
+    #[arg(long, value_name = "SIGNAL", value_delimiter = ',', value_parser = parse_forward_signal)]
+    pub forward_signal: Vec<i32>,
     /// The worker's command and its arguments: after `--`, or from the
     /// first argument that does not start with `-` (so that a misspelled
     /// option is an error, not the command).
@@ -350,6 +363,16 @@ pub fn parse_signal(text: &str) -> Result<StopSignal, String> {
             .ok_or_else(|| format!("{} cannot be a stop signal", signal.as_str())),
         None => Err("expected a signal name like TERM, INT, QUIT or USR1".to_owned()),
     }
+}
+
+/// A signal for `--forward-signal`: `USR2`, `SIGWINCH`, `RTMIN+1`.
+pub fn parse_forward_signal(text: &str) -> Result<i32, String> {
+    baton_supervisor::signals::parse_forward(text)
+}
+
+/// Signals as [`parse_forward_signal`] reads them, comma-separated.
+pub fn parse_forward_signals(text: &str) -> Result<Vec<i32>, String> {
+    text.split(',').map(parse_forward_signal).collect()
 }
 
 /// An octal file mode such as `0660`.

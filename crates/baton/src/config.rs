@@ -29,6 +29,9 @@ use serde::{Deserialize, Deserializer};
 use crate::cli::{self, RunArgs};
 
 mod env_table;
+mod start_only;
+
+pub use self::start_only::StartOnly;
 
 /// The largest config file baton reads: anything bigger is not one.
 pub const MAX_FILE_BYTES: u64 = 1024 * 1024;
@@ -57,6 +60,10 @@ pub struct FileConfig {
     drain_timeout: Option<Duration>,
     #[serde(default, deserialize_with = "count")]
     max_draining: Option<NonZeroUsize>,
+    #[serde(default, deserialize_with = "duration")]
+    watchdog: Option<Duration>,
+    #[serde(default, deserialize_with = "count")]
+    start_limit: Option<NonZeroU32>,
     #[serde(default, deserialize_with = "name")]
     name: Option<String>,
     control: Option<PathBuf>,
@@ -74,6 +81,8 @@ pub struct FileConfig {
     build: Option<String>,
     #[serde(default, deserialize_with = "duration")]
     min_interval: Option<Duration>,
+    #[serde(default, deserialize_with = "forward_signal")]
+    forward_signal: Vec<i32>,
 }
 
 /// The control socket's mode when no flag, variable or file sets it.
@@ -85,7 +94,7 @@ pub const DEFAULT_MIN_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Each `baton run` option with a fixed default (by its id), and that
 /// default as it would be written on the command line.
-pub fn defaults() -> [(&'static str, String); 9] {
+pub fn defaults() -> [(&'static str, String); 10] {
     let settings = Settings::default();
     [
         ("backlog", BindOptions::default().backlog.to_string()),
@@ -100,6 +109,7 @@ pub fn defaults() -> [(&'static str, String); 9] {
             cli::format_duration(settings.drain_timeout),
         ),
         ("max_draining", settings.max_draining.to_string()),
+        ("start_limit", settings.start_limit.to_string()),
         ("control_mode", format!("{DEFAULT_CONTROL_MODE:04o}")),
         ("debounce", cli::format_duration(DEFAULT_DEBOUNCE)),
         ("min_interval", cli::format_duration(DEFAULT_MIN_INTERVAL)),
@@ -121,6 +131,8 @@ pub struct Resolved {
     pub metrics: Option<SocketAddr>,
     /// The dev loop, when something is watched.
     pub dev: Option<DevSettings>,
+    /// Signals forwarded to the active generation's leader besides USR1.
+    pub forward_signals: Vec<i32>,
 }
 
 /// Why the settings do not resolve.
@@ -289,6 +301,16 @@ pub fn resolve(
             .max_draining
             .or(file.max_draining)
             .unwrap_or(defaults.max_draining),
+        // `0` turns it off, whichever layer says so.
+        watchdog: args
+            .watchdog
+            .or(file.watchdog)
+            .or(defaults.watchdog)
+            .filter(|interval| !interval.is_zero()),
+        start_limit: args
+            .start_limit
+            .or(file.start_limit)
+            .unwrap_or(defaults.start_limit),
         ..defaults
     };
     let bind = BindOptions::default();
@@ -321,39 +343,12 @@ pub fn resolve(
             .or(file.control_mode)
             .unwrap_or(DEFAULT_CONTROL_MODE),
         metrics: args.metrics.or(file.metrics),
+        forward_signals: if args.forward_signal.is_empty() {
+            file.forward_signal
+        } else {
+            args.forward_signal.clone()
+        },
     })
-}
-
-/// The settings a reload cannot change (the control socket, metrics,
-/// the dev loop), as baton started with them.
-#[derive(Debug)]
-pub struct StartOnly(Vec<(&'static str, String)>);
-
-impl StartOnly {
-    /// What `resolved` says of them.
-    pub fn of(resolved: &Resolved) -> Self {
-        StartOnly(vec![
-            ("name", resolved.name.clone()),
-            ("control", format!("{:?}", resolved.control)),
-            ("control_mode", resolved.control_mode.to_string()),
-            ("metrics", format!("{:?}", resolved.metrics)),
-            (
-                "watch, ignore, ext, debounce, build, min_interval",
-                format!("{:?}", resolved.dev),
-            ),
-        ])
-    }
-
-    /// The keys whose value in `now` differs from the one at start.
-    pub fn changed(&self, now: &Resolved) -> Vec<&'static str> {
-        let now = StartOnly::of(now);
-        self.0
-            .iter()
-            .zip(&now.0)
-            .filter(|(at_start, now)| at_start.1 != now.1)
-            .map(|(at_start, _)| at_start.0)
-            .collect()
-    }
 }
 
 /// The dev-loop keys of the file.
@@ -443,6 +438,10 @@ pub fn render(resolved: &Resolved) -> String {
     out.push(format!("stop_signal = {}", s.stop_signal));
     out.push(format!("drain_timeout = {:?}", s.drain_timeout));
     out.push(format!("max_draining = {}", s.max_draining));
+    if let Some(interval) = s.watchdog {
+        out.push(format!("watchdog = {interval:?}"));
+    }
+    out.push(format!("start_limit = {}", s.start_limit));
     out.push(format!("name = {}", resolved.name));
     out.push(match &resolved.control {
         Some(path) => format!("control = {}", path.display()),
@@ -451,6 +450,12 @@ pub fn render(resolved: &Resolved) -> String {
     out.push(format!("control_mode = {:04o}", resolved.control_mode));
     if let Some(addr) = resolved.metrics {
         out.push(format!("metrics = {addr}"));
+    }
+    for &signal in &resolved.forward_signals {
+        out.push(format!(
+            "forward_signal = {}",
+            baton_supervisor::signals::name(signal)
+        ));
     }
     if let Some(dev) = &resolved.dev {
         for path in &dev.watch.paths {
@@ -515,6 +520,13 @@ where
         .map_err(serde::de::Error::custom)
 }
 
+fn forward_signal<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<i32>, D::Error> {
+    Vec::<String>::deserialize(d)?
+        .iter()
+        .map(|name| cli::parse_forward_signal(name).map_err(serde::de::Error::custom))
+        .collect()
+}
+
 fn listen<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     let specs = Vec::<String>::deserialize(d)?;
     for spec in &specs {
@@ -554,6 +566,28 @@ mod tests {
         assert_eq!(r.name, "app");
         assert_eq!(r.blueprint.env, vec![("A".into(), "1".into())]);
         assert_eq!(r.blueprint.listeners[0].name, "http");
+    }
+
+    #[test]
+    fn forwarded_signals_come_from_the_flag_else_the_file() {
+        use nix::sys::signal::Signal;
+        let text = "command = [\"app\"]\nlisten = [\":8080\"]\nforward_signal = [\"USR2\", \"SIGWINCH\"]\n";
+        let r = resolve(&run_args(&[]), Some(file(text).unwrap()), false).unwrap();
+        assert_eq!(
+            r.forward_signals,
+            [Signal::SIGUSR2 as i32, Signal::SIGWINCH as i32]
+        );
+        assert!(render(&r).contains("forward_signal = SIGUSR2\nforward_signal = SIGWINCH"));
+        let args = run_args(&["--forward-signal", "TTIN"]);
+        let r = resolve(&args, Some(file(text).unwrap()), false).unwrap();
+        assert_eq!(r.forward_signals, [Signal::SIGTTIN as i32]);
+        let err = file("forward_signal = [\"TERM\"]\n").unwrap_err();
+        assert!(
+            err.starts_with(
+                "baton.toml: line 1, key `forward_signal`: SIGTERM acts on baton itself"
+            ),
+            "{err}"
+        );
     }
 
     #[test]

@@ -17,6 +17,7 @@ use baton_supervisor::fdlimit;
 use baton_supervisor::guardian::Guardian;
 use baton_supervisor::listeners;
 use baton_supervisor::runtime_dir::{self, RuntimeDir};
+use baton_supervisor::signals::SignalTable;
 use baton_supervisor::spawn::{SpawnError, resolve_program};
 use baton_supervisor::systemd::SystemdNotifier;
 use clap::Parser;
@@ -26,13 +27,15 @@ use crate::cli::{CheckArgs, Cli, Command, CtlAction, CtlArgs, LogFormat, RunArgs
 use crate::config::ConfigError;
 
 fn main() -> ExitCode {
+    // baton's guardian is this binary under another name: it must do
+    // nothing else (no argument parsing, no logging set-up).
+    if baton_supervisor::guardian::is_guardian() {
+        baton_supervisor::guardian::serve();
+    }
     let cli = cli::parse();
-    // Forked while baton has one thread: before the log thread and the
-    // runtime exist.
-    let guardian = matches!(cli.command, Command::Run(_)).then(Guardian::start);
     let log = init_logging(cli.log_format, &cli.log_level);
     let result = match cli.command {
-        Command::Run(args) => run(*args, guardian).map(|()| ExitCode::SUCCESS),
+        Command::Run(args) => run(*args).map(|()| ExitCode::SUCCESS),
         Command::Ctl(args) => ctl(args),
         Command::Check(args) => check(args).map(|()| ExitCode::SUCCESS),
     };
@@ -77,10 +80,7 @@ fn init_logging(format: LogFormat, level: &str) -> logging::LogGuard {
 
 /// `baton run`: everything that can fail on bad input fails here, before a
 /// single process starts.
-fn run(mut args: RunArgs, guardian: Option<std::io::Result<Guardian>>) -> anyhow::Result<()> {
-    let guardian = guardian
-        .transpose()
-        .context("cannot start the guardian process")?;
+fn run(mut args: RunArgs) -> anyhow::Result<()> {
     // First: systemd's variables describe this process only until baton
     // changes anything, and inherited sockets get FD_CLOEXEC at once.
     let inherited = listeners::inherited_from_env()?;
@@ -190,13 +190,16 @@ fn run(mut args: RunArgs, guardian: Option<std::io::Result<Guardian>>) -> anyhow
         systemd,
         dev: resolved.dev,
         runtime,
+        signals: SignalTable::new(&resolved.forward_signals),
     };
+    // Before the runtime, so that no worker can exist unguarded.
+    let guardian = Guardian::start().context("cannot start the guardian process")?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the tokio runtime")?;
     runtime.block_on(async {
-        let driver = Driver::new(config, guardian)?;
+        let driver = Driver::new(config, Some(guardian))?;
         driver.run().await
     })?;
     Ok(())

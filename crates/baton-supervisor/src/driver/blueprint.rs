@@ -8,6 +8,7 @@ use crate::devloop::DevSettings;
 use crate::listeners::{BindOptions, Listener, ListenerSpec};
 use crate::machine::Settings;
 use crate::runtime_dir::RuntimeDir;
+use crate::signals::SignalTable;
 use crate::spawn::WorkerCommand;
 use crate::systemd::SystemdNotifier;
 
@@ -62,6 +63,8 @@ pub struct Config {
     pub dev: Option<DevSettings>,
     /// baton's own directory, for the notify sockets.
     pub runtime: RuntimeDir,
+    /// What each signal does (which ones are forwarded to workers).
+    pub signals: SignalTable,
 }
 
 impl std::fmt::Debug for Config {

@@ -13,8 +13,10 @@
 //! One file per concept: `spec.rs` parses `[NAME=]SPEC` into a
 //! [`ListenerSpec`], `bind.rs` binds TCP, unix and UDP sockets ([`bind_all`]),
 //! `activation.rs` adopts inherited sockets ([`Inherited`]) and
-//! [`resolve`]s them against the specs; this file holds the [`Listener`]
-//! they all produce and the [`ListenError`] they share.
+//! [`resolve`]s them against the specs, `health.rs` finds a listener a
+//! worker broke ([`Fault`]) and repairs it (`diag.rs` asks the kernel about
+//! unix sockets); this file holds the [`Listener`] they all produce and the
+//! [`ListenError`] they share.
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, RawFd};
@@ -25,12 +27,15 @@ use socket2::Socket;
 
 mod activation;
 mod bind;
+mod diag;
+mod health;
 mod spec;
 #[cfg(test)]
 mod tests;
 
 pub use activation::{Inherited, Resolved, inherited_from_env, resolve};
 pub use bind::{BindOptions, bind_all};
+pub use health::{Fault, Repaired};
 pub use spec::{Address, ListenerSpec, check_names};
 
 /// What went wrong with a listener. Each message names the listener.

@@ -62,6 +62,11 @@ pub enum Event {
         /// The generation whose socket it arrived on.
         generation: Generation,
     },
+    /// `WATCHDOG=1` arrived on the generation's notify socket.
+    WatchdogPing {
+        /// The generation whose socket it arrived on.
+        generation: Generation,
+    },
     /// What baton saw of a generation's processes it was asked to
     /// [observe](Action::Observe).
     Observed {
@@ -104,6 +109,8 @@ pub enum SpawnCause {
     Reload,
     /// Nothing serves (a crash, a failed start): try again.
     Restart,
+    /// The active generation missed its watchdog deadline: its replacement.
+    Watchdog,
 }
 
 /// Something the driver must do.
@@ -147,6 +154,12 @@ pub enum Action {
     Notice(Notice),
     /// Every generation is gone after a shutdown: baton may exit.
     Exit,
+    /// Every generation is gone after the machine gave up (no worker was
+    /// ever ready): baton exits with a failure, saying `reason`.
+    GiveUp {
+        /// One line: why.
+        reason: String,
+    },
 }
 
 /// Why a starting generation did not become the active one.
@@ -251,6 +264,26 @@ pub enum Notice {
         delay: Duration,
         /// Consecutive crashes so far.
         crashes: u32,
+    },
+    /// The active generation sent no `WATCHDOG=1` within its watchdog
+    /// interval: it is replaced by a new generation, as by a reload.
+    WatchdogMissed {
+        /// The silent generation.
+        generation: Generation,
+        /// Its interval.
+        interval: Duration,
+        /// The generation that will take over (started now, or already
+        /// starting); none during shutdown.
+        replacement: Option<Generation>,
+    },
+    /// No generation was ever ready and `failed_starts` starts in a row
+    /// failed: the machine gives up, shuts down and then exits with
+    /// [`Action::GiveUp`].
+    GivingUp {
+        /// Failed starts in a row.
+        failed_starts: u32,
+        /// How the last one failed.
+        failure: Failure,
     },
     /// A generation was sent its stop signal and drains.
     Draining {

@@ -34,6 +34,10 @@ pub enum Phase {
     Active {
         /// Once it has served this long, earlier crashes are forgotten.
         stable_at: Option<Instant>,
+        /// With a watchdog: it must send `WATCHDOG=1` by then.
+        watchdog_by: Option<Instant>,
+        /// It missed its watchdog deadline (and has sent nothing since).
+        silent: bool,
     },
     /// Sent its stop signal; finishing its connections.
     Draining {
@@ -73,10 +77,21 @@ impl Phase {
             Phase::Starting {
                 ready_by, ready_at, ..
             } => Some(ready_at.map_or(*ready_by, |at| at.min(*ready_by))),
-            Phase::Active { stable_at } => *stable_at,
+            Phase::Active {
+                stable_at,
+                watchdog_by,
+                ..
+            } => earliest(*stable_at, *watchdog_by),
             Phase::Draining { deadline, .. } => Some(*deadline),
             Phase::Killing { .. } => None,
         }
+    }
+}
+
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 
@@ -93,6 +108,8 @@ pub struct Lifecycle {
     pub spawned_at: Instant,
     /// Spawn to ready, once it was ready.
     pub ready_after: Option<Duration>,
+    /// The watchdog interval it was started with (`WATCHDOG_USEC`), if any.
+    pub watchdog: Option<Duration>,
     /// Where it is in its life.
     pub phase: Phase,
 }
@@ -111,5 +128,10 @@ impl Lifecycle {
     /// Whether it drains.
     pub fn is_draining(&self) -> bool {
         matches!(self.phase, Phase::Draining { .. })
+    }
+
+    /// Whether it serves but missed its watchdog deadline.
+    pub fn is_silent(&self) -> bool {
+        matches!(self.phase, Phase::Active { silent: true, .. })
     }
 }

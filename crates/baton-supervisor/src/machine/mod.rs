@@ -22,10 +22,17 @@
 //! generation starts waits (coalesced) and is answered by the next
 //! generation, the first to see every change made so far; each id is
 //! answered exactly once: completed, failed, or cancelled by shutdown.
+//!
+//! Two rules about faults have files of their own: the worker
+//! [watchdog](self::watchdog) (a silent active generation is replaced) and
+//! the [start limit](self::start_limit) (a worker that never once became
+//! ready is not restarted for ever).
 
 mod events;
 mod generation;
 mod settings;
+mod start_limit;
+mod watchdog;
 
 pub use self::events::{
     Action, Event, Failure, Generation, Notice, ProcessExit, ReloadId, SpawnCause,
@@ -51,6 +58,12 @@ pub struct Machine {
     restart_at: Option<Instant>,
     crashes: u32,
     shutting_down: bool,
+    /// Whether any generation was ever ready.
+    ever_ready: bool,
+    /// Failed starts in a row while none was ever ready.
+    failed_starts: u32,
+    /// Why the machine gave up, once it has.
+    gave_up: Option<String>,
 }
 
 impl Machine {
@@ -64,6 +77,9 @@ impl Machine {
             restart_at: None,
             crashes: 0,
             shutting_down: false,
+            ever_ready: false,
+            failed_starts: 0,
+            gave_up: None,
         }
     }
 
@@ -129,6 +145,7 @@ impl Machine {
                 self.on_spawn_failed(generation, error, &mut step)
             }
             Event::Ready { generation } => self.on_notified(generation, &mut step),
+            Event::WatchdogPing { generation } => self.on_watchdog_ping(generation, now),
             Event::Observed {
                 generation,
                 waiting,
@@ -179,6 +196,7 @@ impl Machine {
             Lifecycle {
                 spawned_at: step.now,
                 ready_after: None,
+                watchdog: self.settings.watchdog,
                 phase,
             },
         );
@@ -267,7 +285,12 @@ impl Machine {
         let reloads = std::mem::take(reloads);
         let ready_after = step.now.saturating_duration_since(state.spawned_at);
         state.ready_after = Some(ready_after);
-        state.phase = Phase::Active { stable_at };
+        state.phase = Phase::Active {
+            stable_at,
+            watchdog_by: state.watchdog.map(|interval| step.now + interval),
+            silent: false,
+        };
+        self.ever_ready = true;
         if let Some(previous) = previous {
             self.evict_draining(self.settings.max_draining.get() - 1, step);
             self.drain(previous, step);
@@ -376,9 +399,12 @@ impl Machine {
                     self.kill(generation, None, step);
                     self.start_failed(generation, failure, reloads, step);
                 }
-                Phase::Active { stable_at } => {
-                    *stable_at = None;
-                    self.crashes = 0;
+                Phase::Active { stable_at, .. } => {
+                    if stable_at.is_some_and(|at| at <= now) {
+                        *stable_at = None;
+                        self.crashes = 0;
+                    }
+                    self.on_watchdog_due(generation, step);
                 }
                 Phase::Draining { deadline, .. } if *deadline <= now => {
                     self.kill(generation, None, step);
@@ -430,12 +456,12 @@ impl Machine {
         let active = self.active();
         step.notice(Notice::StartFailed {
             generation,
-            failure,
+            failure: failure.clone(),
             active,
             reloads,
             reload_follows: self.reload_follows(),
         });
-        if self.shutting_down {
+        if self.shutting_down || self.give_up_after(&failure, step) {
             return;
         }
         if !self.queued.is_empty() {
@@ -531,7 +557,12 @@ impl Machine {
 
     fn exit_if_done(&mut self, step: &mut Step) {
         if self.shutting_down && self.generations.is_empty() {
-            step.out.push(Action::Exit);
+            step.out.push(match &self.gave_up {
+                Some(reason) => Action::GiveUp {
+                    reason: reason.clone(),
+                },
+                None => Action::Exit,
+            });
         }
     }
 }

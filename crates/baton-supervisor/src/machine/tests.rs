@@ -835,4 +835,5 @@ fn process_exits_read_well() {
 }
 
 mod auto;
+mod faults;
 mod properties;

@@ -21,7 +21,7 @@ use hyper::header::{CACHE_CONTROL, CONTENT_SECURITY_POLICY, HeaderMap, HeaderVal
 
 use self::format::{bytes, colour, duration, esc, millis, percent};
 use super::Snapshot;
-use crate::status::{GenerationStatus, ListenerStatus, Outcome, Status};
+use crate::status::{GenerationStatus, ListenerHealth, ListenerStatus, Outcome, Status};
 
 /// The page's content type.
 pub const CONTENT_TYPE: &str = "text/html; charset=utf-8";
@@ -119,12 +119,12 @@ fn listeners(out: &mut String, listeners: &[ListenerStatus]) {
             backlog,
         );
         if with_health {
-            let h = health(l).unwrap_or("");
+            let (good, text) = health(l).unwrap_or((true, String::new()));
             let _ = write!(
                 out,
                 "<td><span class=\"badge h-{}\">{}</span></td>",
-                if h == "ok" { "ok" } else { "bad" },
-                esc(h)
+                if good { "ok" } else { "bad" },
+                esc(&text)
             );
         }
         let _ = write!(out, "</tr>");
@@ -135,10 +135,20 @@ fn listeners(out: &mut String, listeners: &[ListenerStatus]) {
     let _ = write!(out, "</tbody></table></section>");
 }
 
-/// A listener's health, once [`ListenerStatus`] reports one: return that
-/// field here and the page grows a health column.
-fn health(_listener: &ListenerStatus) -> Option<&str> {
-    None
+/// A listener's health as the page shows it, and whether that is good.
+fn health(listener: &ListenerStatus) -> Option<(bool, String)> {
+    let repaired = match listener.repairs {
+        0 => String::new(),
+        n => format!(", repaired {n}×"),
+    };
+    Some(match listener.health {
+        ListenerHealth::Ok => (true, format!("ok{repaired}")),
+        ListenerHealth::Broken => {
+            let problem = listener.problem.as_deref().unwrap_or("not listening");
+            (false, format!("broken: {problem}"))
+        }
+        ListenerHealth::Unchecked => (true, "unchecked".to_owned()),
+    })
 }
 
 fn summary(out: &mut String, status: &Status, now: f64) {

@@ -15,7 +15,7 @@ use serde::{Deserialize, Deserializer};
 
 /// The keys of the file outside `[env]`, as `deny_unknown_fields` knows
 /// them (a test keeps the two lists equal).
-pub const FILE_KEYS: [&str; 21] = [
+pub const FILE_KEYS: [&str; 24] = [
     "command",
     "workdir",
     "env",
@@ -27,6 +27,8 @@ pub const FILE_KEYS: [&str; 21] = [
     "stop_signal",
     "drain_timeout",
     "max_draining",
+    "watchdog",
+    "start_limit",
     "name",
     "control",
     "control_mode",
@@ -37,6 +39,7 @@ pub const FILE_KEYS: [&str; 21] = [
     "debounce",
     "build",
     "min_interval",
+    "forward_signal",
 ];
 
 /// Why an `[env]` name cannot be used, if it cannot.

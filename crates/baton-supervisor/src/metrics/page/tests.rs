@@ -14,6 +14,7 @@ fn generation(n: u64, state: &str, rss: u64) -> GenerationStatus {
         state: state.into(),
         started_at: NOW - 30.0,
         ready_ms: Some(41),
+        silent: false,
         usage: Usage {
             processes: 1,
             cpu_percent: 2.5,
@@ -22,6 +23,7 @@ fn generation(n: u64, state: &str, rss: u64) -> GenerationStatus {
             threads: 4,
             open_fds: 9,
             connections: (state == "draining").then_some(3),
+            stopped: 0,
         },
     }
 }
@@ -65,11 +67,17 @@ fn snapshot() -> Snapshot {
                     name: "http".into(),
                     address: "127.0.0.1:8080".into(),
                     backlog: Some(1024),
+                    health: ListenerHealth::Ok,
+                    repairs: 2,
+                    ..ListenerStatus::default()
                 },
                 ListenerStatus {
                     name: "<admin>".into(),
                     address: "unix:/run/a&b.sock".into(),
                     backlog: None,
+                    health: ListenerHealth::Broken,
+                    problem: Some("a regular file sits at /run/a&b.sock".into()),
+                    ..ListenerStatus::default()
                 },
             ],
             generations,
@@ -86,6 +94,7 @@ fn snapshot() -> Snapshot {
                 reloads_failed: 1,
                 ..Counters::default()
             },
+            ..Status::default()
         },
         history: Arc::new(history),
         ..Snapshot::default()
@@ -124,7 +133,12 @@ fn shows_generations_reloads_and_listeners() {
         page.contains(">inherited<"),
         "an inherited socket's backlog"
     );
-    assert!(!page.contains("<th>health</th>"), "no health reported yet");
+    assert!(page.contains("<th>health</th>"));
+    assert!(page.contains(">ok, repaired 2×<"), "{page}");
+    assert!(
+        page.contains("h-bad\">broken: a regular file sits at /run/a&amp;b.sock<"),
+        "a broken listener, its problem escaped"
+    );
 }
 
 #[test]
