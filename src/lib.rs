@@ -24,34 +24,21 @@ pub const DEADLINE: Duration = Duration::from_secs(60);
 /// The environment variable that marks every process of one baton's tree.
 pub const TOKEN_VAR: &str = "BATON_E2E_TOKEN";
 
-/// The `baton` binary, built once per test process.
+mod build;
+
+/// The `baton` binary, built (or found up to date) once per test process.
 pub fn baton_bin() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| build("baton", "baton"))
+    &binaries().baton
 }
 
-/// The `test-worker` binary, built once per test process.
+/// The `test-worker` binary, built (or found up to date) once per test process.
 pub fn test_worker_bin() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| build("test-worker", "test-worker"))
+    &binaries().test_worker
 }
 
-fn build(package: &str, bin: &str) -> PathBuf {
-    let build = escargot::CargoBuild::new()
-        .package(package)
-        .bin(bin)
-        .current_target();
-    // Build with the profile the tests themselves were built with.
-    let build = if cfg!(debug_assertions) {
-        build
-    } else {
-        build.release()
-    };
-    build
-        .run()
-        .unwrap_or_else(|e| panic!("cannot build {bin}: {e}"))
-        .path()
-        .to_path_buf()
+fn binaries() -> &'static build::Binaries {
+    static BINS: OnceLock<build::Binaries> = OnceLock::new();
+    BINS.get_or_init(build::build)
 }
 
 /// Load tests share two cores: run them one at a time.

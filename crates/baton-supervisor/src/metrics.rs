@@ -1,6 +1,6 @@
 //! `--metrics ADDR`: `GET /metrics` in the Prometheus text format and
 //! `GET /status` (the JSON of `baton ctl status`), served with hyper from
-//! the snapshot the driver publishes. Anything else is 404.
+//! the snapshot the driver publishes, over HTTP/1 only. Anything else is 404.
 
 use std::convert::Infallible;
 use std::fmt::Write as _;
@@ -11,7 +11,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use tokio::sync::watch;
 
 use crate::status::Status;
@@ -167,7 +167,9 @@ pub async fn serve(listener: std::net::TcpListener, snapshots: watch::Receiver<A
                 let snapshot = snapshots.borrow().clone();
                 async move { Ok::<_, Infallible>(answer(&request, &snapshot)) }
             });
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+            // HTTP/1 only: Prometheus and curl speak it, and HTTP/2 would
+            // compile h2 and its dependencies into baton for nothing.
+            let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });

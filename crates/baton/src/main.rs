@@ -19,7 +19,7 @@ use baton_supervisor::systemd::SystemdNotifier;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use crate::cli::{CheckArgs, Cli, Command, CtlAction, CtlArgs, LogFormat, RunArgs};
+use crate::cli::{CheckArgs, Cli, Command, CtlAction, CtlArgs, LogFormat, ManArgs, RunArgs};
 use crate::config::ConfigError;
 
 fn main() -> ExitCode {
@@ -29,6 +29,12 @@ fn main() -> ExitCode {
         Command::Run(args) => run(*args).map(|()| ExitCode::SUCCESS),
         Command::Ctl(args) => ctl(args),
         Command::Check(args) => check(args).map(|()| ExitCode::SUCCESS),
+        Command::Completions(args) => {
+            let mut script = Vec::new();
+            clap_complete::generate(args.shell, &mut cli::command(), "baton", &mut script);
+            print_bytes(&script).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Man(args) => man(args).map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,
@@ -177,6 +183,32 @@ fn check(args: CheckArgs) -> anyhow::Result<()> {
     env::fill(&mut run, |name| std::env::var_os(name))?;
     let resolved = config::resolve_with_file(&run, false)?;
     println!("{}", config::render(&resolved));
+    Ok(())
+}
+
+/// `baton man`: the pages come from the same command line as `--help`.
+fn man(args: ManArgs) -> anyhow::Result<()> {
+    let command = cli::command().about(
+        "supervisor for zero-downtime restarts: holds the listening sockets, \
+         hands them to every new worker",
+    );
+    match args.dir {
+        Some(dir) => std::fs::create_dir_all(&dir)
+            .and_then(|()| clap_mangen::generate_to(command, &dir))
+            .with_context(|| format!("cannot write the manual pages to {}", dir.display())),
+        None => {
+            let mut page = Vec::new();
+            clap_mangen::Man::new(command).render(&mut page)?;
+            print_bytes(&page)
+        }
+    }
+}
+
+/// Write to stdout; a closed pipe (`| head`) is an error, not a panic.
+fn print_bytes(bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(bytes).and_then(|()| stdout.flush())?;
     Ok(())
 }
 
