@@ -1,21 +1,24 @@
 #!/bin/sh
 # Build baton's Debian package from a built binary, with dpkg-deb alone:
-#   cargo build --release && packaging/build-deb.sh
+#   cargo build --profile dist -p baton && packaging/build-deb.sh
 #   packaging/build-deb.sh [BATON_BINARY [OUT_DIR]]
-# (defaults: target/release/baton, target/debian). The package holds the
+# (defaults: target/dist/baton, target/debian). The package holds the
 # binary, its manual pages and shell completions (made by the binary
 # itself), the baton@.service template in /lib/systemd/system (instances
 # read /etc/baton/NAME.toml) and the other units as examples, each with
 # ExecStart= pointing at /usr/bin/baton. Its contents are listed in
-# [package.metadata.deb] of crates/baton/Cargo.toml, for cargo-deb, and
+# [package.metadata.deb] of crates/baton/Cargo.toml, for cargo-deb (which
+# reads the generated files from assets/ next to the binary: run this
+# script first, then `cargo deb -p baton --profile dist --no-build`), and
 # crates/baton/tests/package.rs checks that both agree. DEB_COMPRESSION=none
 # (or xz) chooses dpkg-deb's compression, gzip by default.
 set -eu
 root=$(cd "$(dirname "$0")/.." && pwd)
 target=${CARGO_TARGET_DIR:-$root/target}
-baton=$(realpath "${1:-$target/release/baton}")
+given=${1:-$target/dist/baton}
+baton=$(realpath "$given")
 out=${2:-$target/debian}
-[ -x "$baton" ] || { echo "no baton binary at $baton (cargo build --release)" >&2; exit 1; }
+[ -x "$baton" ] || { echo "no baton binary at $given (cargo build --profile dist -p baton)" >&2; exit 1; }
 command -v dpkg-deb >/dev/null || { echo "dpkg-deb is needed (apt-get install dpkg)" >&2; exit 1; }
 
 version=$("$baton" --version | cut -d' ' -f2)
@@ -24,7 +27,7 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
 # The generated files, where [package.metadata.deb] expects them.
-assets=$target/release/assets
+assets=$(dirname "$given")/assets
 mkdir -p "$assets/man" "$assets/completions" "$assets/systemd"
 rm -f "$assets"/man/*
 "$baton" man --dir "$assets/man"

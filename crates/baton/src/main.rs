@@ -17,7 +17,10 @@ use baton_supervisor::listeners;
 use baton_supervisor::spawn::resolve_program;
 use baton_supervisor::systemd::SystemdNotifier;
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
+use tracing::Level;
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::cli::{CheckArgs, Cli, Command, CtlAction, CtlArgs, LogFormat, ManArgs, RunArgs};
 use crate::config::ConfigError;
@@ -45,15 +48,34 @@ fn main() -> ExitCode {
     }
 }
 
+/// `RUST_LOG` (`LEVEL` or `TARGET=LEVEL,...`) over `--log-level`. A
+/// `Targets` filter rather than an `EnvFilter`: the same directives but
+/// for span and field filters, without the regex engine those need.
+fn log_filter(rust_log: Option<&str>, level: &str) -> Targets {
+    rust_log
+        .filter(|value| !value.is_empty())
+        .and_then(|value| value.parse().ok())
+        .or_else(|| level.parse().ok())
+        .unwrap_or_else(|| Targets::new().with_default(Level::INFO))
+}
+
 fn init_logging(format: LogFormat, level: &str) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let filter = log_filter(std::env::var("RUST_LOG").ok().as_deref(), level);
     let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false);
     match format {
-        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .finish()
+            .with(filter)
+            .init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .finish()
+            .with(filter)
+            .init(),
     }
 }
 
@@ -244,4 +266,36 @@ fn ctl(args: CtlArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use tracing::level_filters::LevelFilter;
+
+    use super::*;
+
+    #[test]
+    fn rust_log_overrides_the_log_level() {
+        let level = |rust_log, level, target| {
+            log_filter(rust_log, level)
+                .iter()
+                .find(|(t, _)| *t == target)
+                .map(|(_, l)| l)
+                .or_else(|| log_filter(rust_log, level).default_level())
+        };
+        assert_eq!(level(None, "info", "baton"), Some(LevelFilter::INFO));
+        assert_eq!(level(Some(""), "warn", "baton"), Some(LevelFilter::WARN));
+        assert_eq!(
+            level(Some("debug"), "warn", "baton"),
+            Some(LevelFilter::DEBUG)
+        );
+        assert_eq!(
+            level(
+                Some("info,baton_supervisor=trace"),
+                "warn",
+                "baton_supervisor"
+            ),
+            Some(LevelFilter::TRACE)
+        );
+    }
 }

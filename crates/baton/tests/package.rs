@@ -68,9 +68,9 @@ fn cargo_deb_destinations(target_dir: &Path) -> BTreeSet<String> {
                 .collect(),
             None => vec![source],
         };
-        assert!(!files.is_empty(), "no file for asset {asset}");
+        assert!(!files.is_empty(), "no file for asset {asset:?}");
         for file in files {
-            assert!(file.is_file(), "asset {asset}: no {}", file.display());
+            assert!(file.is_file(), "asset {asset:?}: no {}", file.display());
             let dest = match dest.strip_suffix('/') {
                 Some(dir) => format!("{dir}/{}", file.file_name().unwrap().to_string_lossy()),
                 None => dest.to_owned(),
