@@ -1,7 +1,7 @@
-//! The binaries under test: `baton` and `test-worker`, from the workspace's
-//! own target directory.
+//! The binaries under test: `baton`, `test-worker` and `listenfd-server`,
+//! from the workspace's own target directory.
 //!
-//! A test, bench or example asks cargo for both binaries once per process,
+//! A test, bench or example asks cargo for the binaries once per process,
 //! with the profile and in the target directory it was itself built with
 //! (`target/debug/deps/config-…` → `cargo build` into `target/`;
 //! `target/release/examples/demo` → `cargo build --release`). Cargo then
@@ -9,7 +9,7 @@
 //! shared dependency are the same in both builds: that is why the root
 //! package depends on everything the binaries depend on (see Cargo.toml),
 //! and why the build also selects `baton-e2e`. Under `cargo test
-//! --workspace` both binaries are already built and this is a no-op.
+//! --workspace` cargo finds them all up to date.
 //!
 //! Cargo's progress goes to the test's stderr, so a build that does take
 //! time shows what it is doing.
@@ -19,11 +19,12 @@ use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-/// Where the binaries are.
-pub(crate) struct Binaries {
-    pub(crate) baton: PathBuf,
-    pub(crate) test_worker: PathBuf,
-}
+/// The workspace's binaries the tests run, each the only binary of the
+/// package of the same name.
+pub(crate) const BINARIES: [&str; 3] = ["baton", "test-worker", "listenfd-server"];
+
+/// Where the binaries are, in the order of [`BINARIES`].
+pub(crate) struct Binaries(pub(crate) [PathBuf; BINARIES.len()]);
 
 /// How the running executable was built: its profile, target directory
 /// and target triple (when cargo was given `--target`).
@@ -65,7 +66,7 @@ fn layout(exe: &Path) -> Layout {
     }
 }
 
-/// Build (or find up to date) both binaries; panics if cargo fails.
+/// Build (or find up to date) the binaries; panics if cargo fails.
 pub(crate) fn build() -> Binaries {
     let exe = std::env::current_exe().expect("the path of this executable");
     let layout = layout(&exe);
@@ -78,7 +79,10 @@ pub(crate) fn build() -> Binaries {
         .arg(&manifest)
         .args(["--message-format=json-render-diagnostics", "--profile"])
         .arg(&layout.profile)
-        .args(["-p", "baton", "-p", "test-worker", "-p", "baton-e2e"]);
+        .args(["-p", "baton-e2e"]);
+    for package in BINARIES {
+        command.args(["-p", package]);
+    }
     if let Some(dir) = &layout.target_dir {
         command.arg("--target-dir").arg(dir);
     }
@@ -90,28 +94,30 @@ pub(crate) fn build() -> Binaries {
         .spawn()
         .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
     let stdout = child.stdout.take().expect("piped");
-    let (mut baton, mut test_worker) = (None, None);
+    let mut found: [Option<PathBuf>; BINARIES.len()] = Default::default();
     for line in std::io::BufReader::new(stdout).lines() {
         let line = line.expect("cargo's output");
         let Ok(message) = serde_json::from_str::<serde_json::Value>(&line) else {
             continue;
         };
-        let executable = message["executable"].as_str().map(PathBuf::from);
-        match message["target"]["name"].as_str() {
-            Some("baton") => baton = executable.or(baton),
-            Some("test-worker") => test_worker = executable.or(test_worker),
-            _ => {}
+        let (Some(executable), Some(name)) = (
+            message["executable"].as_str(),
+            message["target"]["name"].as_str(),
+        ) else {
+            continue;
+        };
+        if let Some(index) = BINARIES.iter().position(|&bin| bin == name) {
+            found[index] = Some(PathBuf::from(executable));
         }
     }
     let status = child.wait().expect("wait for cargo");
     assert!(status.success(), "{command:?} failed: {status}");
-    let found = |bin: Option<PathBuf>, name: &str| {
-        bin.unwrap_or_else(|| panic!("{command:?} named no `{name}` executable"))
-    };
-    Binaries {
-        baton: found(baton, "baton"),
-        test_worker: found(test_worker, "test-worker"),
-    }
+    let mut index = 0;
+    Binaries(found.map(|path| {
+        let name = BINARIES[index];
+        index += 1;
+        path.unwrap_or_else(|| panic!("{command:?} named no `{name}` executable"))
+    }))
 }
 
 #[cfg(test)]
@@ -150,16 +156,11 @@ mod tests {
     /// package shows here, before it costs a second build of half the tree.
     #[test]
     fn the_harness_build_resolves_the_features_of_the_outer_build() {
-        let harness = features(&[
-            "-e",
-            "normal,build",
-            "-p",
-            "baton",
-            "-p",
-            "test-worker",
-            "-p",
-            "baton-e2e",
-        ]);
+        let mut args = vec!["-e", "normal,build", "-p", "baton-e2e"];
+        for package in BINARIES {
+            args.extend(["-p", package]);
+        }
+        let harness = features(&args);
         // `cargo test --workspace`.
         let workspace = features(&["-e", "normal,dev,build", "--workspace"]);
         assert_eq!(
@@ -171,7 +172,11 @@ mod tests {
         let root = features(&["-e", "normal,dev,build", "-p", "baton-e2e"]);
         let only_binaries: Vec<_> = harness
             .symmetric_difference(&root)
-            .filter(|line| !line.starts_with("baton v") && !line.starts_with("test-worker v"))
+            .filter(|line| {
+                !BINARIES
+                    .iter()
+                    .any(|bin| line.starts_with(&format!("{bin} v")))
+            })
             .collect();
         assert_eq!(only_binaries, Vec::<&String>::new());
     }

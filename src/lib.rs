@@ -28,17 +28,24 @@ mod build;
 
 /// The `baton` binary, built (or found up to date) once per test process.
 pub fn baton_bin() -> &'static Path {
-    &binaries().baton
+    workspace_bin("baton")
 }
 
 /// The `test-worker` binary, built (or found up to date) once per test process.
 pub fn test_worker_bin() -> &'static Path {
-    &binaries().test_worker
+    workspace_bin("test-worker")
 }
 
-fn binaries() -> &'static build::Binaries {
+/// A binary of this workspace the tests run (`baton`, `test-worker`,
+/// `listenfd-server`), built (or found up to date) once per test process
+/// with the others, in the build of the test itself (see `src/build.rs`).
+pub fn workspace_bin(name: &str) -> &'static Path {
     static BINS: OnceLock<build::Binaries> = OnceLock::new();
-    BINS.get_or_init(build::build)
+    let index = build::BINARIES
+        .iter()
+        .position(|&bin| bin == name)
+        .unwrap_or_else(|| panic!("{name} is not one of {:?}", build::BINARIES));
+    &BINS.get_or_init(build::build).0[index]
 }
 
 /// Load tests share two cores: run them one at a time.
@@ -333,6 +340,17 @@ pub fn processes_with_token(token: &str) -> Vec<i32> {
         .collect()
 }
 
+/// The value of the variable `name` in the environment process `pid`
+/// started with (`/proc/PID/environ`), e.g. a worker's `NOTIFY_SOCKET`.
+pub fn environment_of(pid: i32, name: &str) -> Option<std::ffi::OsString> {
+    use std::os::unix::ffi::OsStrExt;
+    let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    env.split(|&b| b == 0).find_map(|var| {
+        let value = var.strip_prefix(name.as_bytes())?.strip_prefix(b"=")?;
+        Some(std::ffi::OsStr::from_bytes(value).to_owned())
+    })
+}
+
 /// Whether a process exists and is not a zombie.
 pub fn alive(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
@@ -363,8 +381,13 @@ pub struct Traffic {
 }
 
 impl Traffic {
-    /// Start `clients` clients in `mode`, bounded to two minutes.
-    pub fn start(addr: SocketAddr, mode: baton_loadgen::Mode, clients: usize) -> Traffic {
+    /// Start `clients` clients in `mode`, bounded to two minutes, against
+    /// a TCP address or a unix socket (`Target::Unix`).
+    pub fn start(
+        addr: impl Into<baton_loadgen::Target>,
+        mode: baton_loadgen::Mode,
+        clients: usize,
+    ) -> Traffic {
         let rt = runtime();
         let load = {
             let _enter = rt.enter();

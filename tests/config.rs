@@ -306,6 +306,8 @@ ready_timeout = "30s"
 stop_signal = "QUIT"
 drain_timeout = "1m"
 max_draining = 2
+watchdog = "10s"
+start_limit = 3
 name = "app"
 control = "/run/app/baton.sock"
 control_mode = "0660"
@@ -333,6 +335,8 @@ RUST_LOG = "info"
             "stop_signal = SIGQUIT",
             "drain_timeout = 1m",
             "max_draining = 2",
+            "watchdog = 10s",
+            "start_limit = 3",
             "name = app",
             "control = /run/app/baton.sock",
             "control_mode = 0660",
@@ -356,6 +360,7 @@ RUST_LOG = "info"
         "stop_signal = SIGTERM",
         "drain_timeout = 30s",
         "max_draining = 4",
+        "start_limit = 5",
         "name = app",
         "control_mode = 0600",
     ] {
@@ -364,6 +369,7 @@ RUST_LOG = "info"
             "no {line:?} in\n{stdout}"
         );
     }
+    assert!(!stdout.contains("watchdog"), "off by default: {stdout}");
 
     let name = config.display().to_string();
     for (text, error) in [

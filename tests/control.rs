@@ -427,7 +427,7 @@ fn scrape(baton: &Baton) -> Scrape {
     assert_eq!(code, 200, "{head}\n{body}");
     assert!(
         head.to_ascii_lowercase()
-            .contains("content-type: text/plain; version=0.0.4"),
+            .contains("content-type: text/plain; version=0.0.4; charset=utf-8"),
         "{head}"
     );
     for line in body.lines() {
@@ -548,9 +548,59 @@ fn metrics_are_prometheus_text_and_move_with_reloads() {
         "baton_worker_open_fds",
         "baton_reload_duration_seconds",
         "baton_time_to_ready_seconds",
+        "baton_build_info",
+        "baton_generations",
+        "baton_last_reload_timestamp_seconds",
+        "baton_last_reload_successful",
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "process_max_fds",
+        "process_start_time_seconds",
     ] {
         assert!(first.docs.contains_key(family), "no HELP for {family}");
     }
+    let version = first
+        .samples
+        .iter()
+        .find(|s| s.metric == "baton_build_info")
+        .and_then(|s| s.labels.get("version"))
+        .expect("a version label");
+    assert_eq!(version, env!("CARGO_PKG_VERSION"));
+    assert_eq!(value(&first, "baton_build_info", &[]), Some(1.0));
+    for (state, count) in [
+        ("starting", 0.0),
+        ("active", 1.0),
+        ("draining", 0.0),
+        ("killing", 0.0),
+    ] {
+        assert_eq!(
+            value(&first, "baton_generations", &[("state", state)]),
+            Some(count),
+            "{state}"
+        );
+    }
+    // No reload has ended yet: those families have no sample.
+    assert_eq!(
+        value(&first, "baton_last_reload_timestamp_seconds", &[]),
+        None
+    );
+    assert_eq!(value(&first, "baton_last_reload_successful", &[]), None);
+    // baton's own process, as every client library reports its own.
+    let started = value(&first, "process_start_time_seconds", &[]).expect("a start time");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        started <= now + 1.0 && started > now - 600.0,
+        "{started} vs {now}"
+    );
+    assert!(counter(&first, "process_cpu_seconds_total", &[]) >= 0.0);
+    assert!(value(&first, "process_resident_memory_bytes", &[]).unwrap() > 1e6);
+    let fds = value(&first, "process_open_fds", &[]).unwrap();
+    let max_fds = value(&first, "process_max_fds", &[]).unwrap();
+    assert!(fds >= 5.0 && fds < max_fds, "{fds} of {max_fds}");
     assert_eq!(value(&first, "baton_up", &[]), Some(1.0));
     assert!(matches!(
         first
@@ -605,6 +655,16 @@ fn metrics_are_prometheus_text_and_move_with_reloads() {
     }
     check_histogram(&after, "baton_reload_duration_seconds", 2.0);
     check_histogram(&after, "baton_time_to_ready_seconds", 3.0);
+    assert_eq!(
+        value(&after, "baton_last_reload_successful", &[]),
+        Some(1.0)
+    );
+    let ended = value(&after, "baton_last_reload_timestamp_seconds", &[]).unwrap();
+    assert!(ended > started && ended <= now + 600.0, "{ended}");
+    assert_eq!(
+        value(&after, "baton_generations", &[("state", "active")]),
+        Some(1.0)
+    );
 
     // /status is the JSON of `ctl status`.
     let (code, head, body) = http_request(metrics, "GET", "/status");
@@ -622,9 +682,15 @@ fn metrics_are_prometheus_text_and_move_with_reloads() {
     assert_eq!(over_http["listeners"], over_ctl["listeners"]);
     assert_eq!(over_http["reloads"], over_ctl["reloads"]);
 
-    // Anything else is 404.
+    // `/` is the status page; anything else is 404.
+    let (code, head, _) = http_request(metrics, "GET", "/");
+    assert_eq!(code, 200, "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: text/html; charset=utf-8")
+    );
     for (method, path) in [
-        ("GET", "/"),
+        ("GET", "/index.html"),
         ("GET", "/metrics/x"),
         ("GET", "/statusx"),
         ("POST", "/metrics"),

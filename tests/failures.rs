@@ -4,8 +4,11 @@
 
 use std::collections::BTreeSet;
 
+use std::path::Path;
+
 use baton_e2e::{
-    Baton, Traffic, alive, assert_no_failures, eventually, exclusive, pid_in, run_args,
+    Baton, Traffic, alive, assert_no_failures, environment_of, eventually, exclusive, pid_in,
+    run_args,
 };
 use baton_loadgen::Mode;
 use nix::sys::signal::Signal;
@@ -122,31 +125,32 @@ fn a_crash_is_covered_by_the_next_generation() {
 }
 
 /// A reload whose spawn fails before any process exists (here its notify
-/// socket cannot be created: a tmp cleaner removed baton's directory) is
-/// answered "failed" at once, generation 1 serves on, and the next reload
-/// works. It used to leave `ctl reload` waiting for ever.
+/// socket cannot be made: a file stands where baton's notify directory
+/// was, which baton does not delete) is answered "failed" at once,
+/// generation 1 serves on, and the next reload works once the way is clear
+/// (baton makes the directory again itself). It used to leave `ctl
+/// reload` waiting for ever.
 #[test]
 fn a_spawn_that_fails_before_the_child_exists_fails_only_its_reload() {
     let _serial = exclusive();
-    let runtime = tempfile::tempdir().expect("a temp dir");
-    let mut command = std::process::Command::new(baton_e2e::baton_bin());
-    command
-        .args(run_args(&["--ready", "notify"], &[]))
-        .env("XDG_RUNTIME_DIR", runtime.path());
-    let mut baton = Baton::spawn(command);
+    let mut baton = Baton::start(&run_args(&["--ready", "notify"], &[]));
     let first = baton.wait_ready(1);
     let traffic = Traffic::start(baton.address("http"), Mode::NewConnection, 4);
     traffic.serve(50);
 
-    let notify_dir = std::fs::read_dir(runtime.path())
-        .expect("the runtime dir")
-        .filter_map(|e| Some(e.ok()?.path()))
-        .find(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("baton-"))
-        })
-        .expect("baton's notify directory");
-    std::fs::remove_dir_all(&notify_dir).expect("remove the notify directory");
+    let socket = environment_of(first, "NOTIFY_SOCKET").expect("NOTIFY_SOCKET");
+    let notify_dir = Path::new(&socket).parent().expect("a directory").to_owned();
+    // Swapped in one step for a file (a gap would let baton re-make it).
+    let blocker = notify_dir.with_extension("blocker");
+    std::fs::write(&blocker, "not baton's").expect("a file");
+    nix::fcntl::renameat2(
+        nix::fcntl::AT_FDCWD,
+        &blocker,
+        nix::fcntl::AT_FDCWD,
+        &notify_dir,
+        nix::fcntl::RenameFlags::RENAME_EXCHANGE,
+    )
+    .expect("swap the notify directory for a file");
 
     let (exit, response) = baton.ctl_json(&["reload"]);
     assert_eq!(exit.code(), Some(1), "{response:#}");
@@ -154,7 +158,12 @@ fn a_spawn_that_fails_before_the_child_exists_fails_only_its_reload() {
     assert!(reason.contains("notify socket"), "{reason}");
     traffic.serve(50);
 
-    std::fs::create_dir(&notify_dir).expect("recreate the notify directory");
+    assert_eq!(
+        std::fs::read_to_string(&notify_dir).expect("the file is kept"),
+        "not baton's"
+    );
+    std::fs::remove_file(&notify_dir).expect("remove the file");
+    std::fs::remove_dir_all(&blocker).expect("remove the old directory");
     let (exit, response) = baton.ctl_json(&["reload"]);
     assert!(exit.success(), "{response:#}");
     assert_eq!(response["reload"]["generation"], 3, "{response:#}");

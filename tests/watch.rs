@@ -6,8 +6,8 @@ use std::path::Path;
 use std::process::Command;
 
 use baton_e2e::{
-    Baton, Traffic, alive, assert_no_failures, baton_bin, exclusive, field, http_get,
-    test_worker_bin,
+    Baton, Traffic, alive, assert_no_failures, baton_bin, eventually, exclusive, field,
+    http_request, test_worker_bin,
 };
 use baton_loadgen::Mode;
 use nix::sys::signal::Signal;
@@ -53,9 +53,20 @@ fn start(dir: &Path, debounce: &str) -> Baton {
     Baton::spawn(command)
 }
 
-fn answer(baton: &Baton) -> String {
-    let (status, body) = http_get(baton.address("http"), "/answer");
+/// What `generation`, the newest, serves at `GET /answer`. The one before
+/// it accepts on the shared socket until it has taken its stop signal,
+/// which on a busy machine can be well after the `ready` line: wait for it
+/// to exit first, so that the request can only reach `generation`.
+fn answer(baton: &Baton, generation: u64) -> String {
+    if generation > 1 {
+        baton.wait_for(&["exited", &format!(" generation={} ", generation - 1)]);
+    }
+    let (status, head, body) = http_request(baton.address("http"), "GET", "/answer");
     assert_eq!(status, 200, "{body}");
+    let from = head
+        .lines()
+        .find_map(|line| line.strip_prefix("x-generation: "));
+    assert_eq!(from, Some(generation.to_string().as_str()), "{head}");
     body
 }
 
@@ -71,10 +82,10 @@ fn a_saved_file_rebuilds_and_the_new_generation_serves_the_new_code() {
     let dir = project("v1");
     let mut baton = start(dir.path(), "500ms");
     baton.wait_ready(1);
-    assert_eq!(answer(&baton), "v1");
+    assert_eq!(answer(&baton, 1), "v1");
     write(dir.path(), "src/answer.txt", "v2");
     baton.wait_ready(2);
-    assert_eq!(answer(&baton), "v2");
+    assert_eq!(answer(&baton, 2), "v2");
     let changed = baton.wait_for(&["changed: src/answer.txt"]);
     assert!(changed.contains("changes=1"), "{changed}");
     baton.signal(Signal::SIGTERM);
@@ -102,7 +113,7 @@ fn a_burst_of_writes_gives_one_build() {
     // A positive sentinel: the next write gives exactly the next build.
     write(dir.path(), "src/answer.txt", "v3");
     baton.wait_ready(3);
-    assert_eq!(answer(&baton), "v3");
+    assert_eq!(answer(&baton, 3), "v3");
     baton.signal(Signal::SIGTERM);
     assert!(baton.wait_exit().success(), "{}", baton.output());
     assert_eq!(
@@ -172,7 +183,7 @@ fn ignored_files_and_the_builds_own_output_trigger_nothing() {
     // nothing but the sentinel.
     write(dir.path(), "src/answer.txt", "v2");
     baton.wait_ready(2);
-    assert_eq!(answer(&baton), "v2");
+    assert_eq!(answer(&baton, 2), "v2");
     baton.signal(Signal::SIGTERM);
     assert!(baton.wait_exit().success(), "{}", baton.output());
     assert_eq!(baton.count(&["changed:"]), 1, "{}", baton.output());
@@ -198,14 +209,14 @@ fn a_failed_build_keeps_the_old_code_serving_under_load() {
     assert!(failed.contains("generation 1 keeps serving"), "{failed}");
     baton.wait_for(&["build | broken"]);
     traffic.serve(50);
-    assert_eq!(answer(&baton), "v1");
+    assert_eq!(answer(&baton, 1), "v1");
     // Fixed: the next change builds and reloads.
     write(dir.path(), "src/answer.txt", "v2");
     baton.wait_ready(2);
     traffic.serve(50);
     let report = traffic.finish();
     assert_no_failures(&report);
-    assert_eq!(answer(&baton), "v2");
+    assert_eq!(answer(&baton, 2), "v2");
     baton.signal(Signal::SIGTERM);
     assert!(baton.wait_exit().success(), "{}", baton.output());
 }
@@ -223,9 +234,9 @@ fn a_change_during_a_slow_build_cancels_it() {
     write(dir.path(), "src/answer.txt", "v3");
     baton.wait_for(&["build cancelled"]);
     baton.wait_ready(2);
-    assert_eq!(answer(&baton), "v3");
+    assert_eq!(answer(&baton, 2), "v3");
     assert!(
-        baton_e2e::eventually(|| !alive(slow_pid)),
+        eventually(|| !alive(slow_pid)),
         "the cancelled build {slow_pid} is gone"
     );
     baton.signal(Signal::SIGTERM);

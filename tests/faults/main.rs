@@ -5,3 +5,8 @@
 //! on and nothing leaks. `cargo test --test faults`.
 //!
 //! One module per kind of fault.
+
+mod listener;
+mod local_users;
+mod processes;
+mod signals;

@@ -7,7 +7,6 @@
 //! connect), whatever the socket file's mode says.
 
 use std::io;
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -19,6 +18,8 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{Notify, mpsc, oneshot};
 
+use crate::local_users;
+use crate::runtime_dir::{self, Dir, Kind, Rule, RuntimeDirError};
 use crate::status::{ReloadRecord, Status};
 
 /// The protocol version this baton speaks.
@@ -49,6 +50,26 @@ pub enum ControlError {
     /// The response was not valid.
     #[error("baton answered something that is not a protocol response: {0}")]
     Protocol(String),
+    /// The directory of the socket cannot be trusted.
+    #[error(transparent)]
+    Unsafe(#[from] RuntimeDirError),
+    /// The path names something that is not a socket.
+    #[error(
+        "control socket {0} exists and is not a socket: baton deletes nothing it did not make; remove it, or choose another --control"
+    )]
+    NotASocket(PathBuf),
+    /// The server is another user's process.
+    #[error(
+        "refusing the answer on {path}: the server runs as uid {uid}, neither yours ({ours}) nor root: another user's program may pose as baton"
+    )]
+    Untrusted {
+        /// The path.
+        path: PathBuf,
+        /// The server's uid.
+        uid: u32,
+        /// The client's uid.
+        ours: u32,
+    },
 }
 
 /// A request, as sent on the wire: `{"v":1,"cmd":"status"}`.
@@ -123,14 +144,7 @@ pub struct ControlRequest {
 /// The directory where control sockets live by default: `/run/baton` for
 /// root, `$XDG_RUNTIME_DIR/baton` otherwise, else `/tmp/baton-UID`.
 pub fn default_dir() -> PathBuf {
-    let uid = nix::unistd::geteuid();
-    if uid.is_root() {
-        return PathBuf::from("/run/baton");
-    }
-    match std::env::var_os("XDG_RUNTIME_DIR") {
-        Some(dir) if !dir.is_empty() => PathBuf::from(dir).join("baton"),
-        _ => PathBuf::from(format!("/tmp/baton-{uid}")),
-    }
+    runtime_dir::base()
 }
 
 /// The default control socket of the baton named `name`.
@@ -142,15 +156,19 @@ pub fn default_path(name: &str) -> PathBuf {
 /// the only one in [`default_dir`], or an error listing them.
 pub fn discover() -> Result<PathBuf, ControlError> {
     let dir = default_dir();
-    let mut sockets: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .map(|entries| {
-            entries
-                .flatten()
-                .map(|e| e.path())
-                .filter(|p| p.extension().is_some_and(|e| e == "sock"))
-                .collect()
-        })
-        .unwrap_or_default();
+    let mut sockets: Vec<PathBuf> = match Dir::open(&dir, Rule::Own, false) {
+        Ok(checked) => std::fs::read_dir(checked.entry("."))
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .filter_map(|e| e.file_name().to_str().map(|name| dir.join(name)))
+                    .filter(|p| p.extension().is_some_and(|e| e == "sock"))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        Err(error) if error.is_not_found() => Vec::new(),
+        Err(error) => return Err(error.into()),
+    };
     sockets.sort();
     match sockets.len() {
         0 => Err(ControlError::NotFound(format!(
@@ -171,32 +189,44 @@ pub fn discover() -> Result<PathBuf, ControlError> {
     }
 }
 
-/// Bind the control socket: refuse if a live baton answers there, replace
-/// a stale file, create the directory (mode 0700) if needed, and set the
+/// The checked directory that holds the socket `path`, and the socket's
+/// name in it: baton's own directory by the strict rule (made if
+/// `create`), any other by the rule for a directory named by `--control`.
+fn socket_dir(path: &Path, create: bool) -> Result<(Dir, &str), ControlError> {
+    let (parent, name) = runtime_dir::split(path)?;
+    let rule = if parent == default_dir() {
+        Rule::Own
+    } else {
+        Rule::Holder
+    };
+    Ok((Dir::open(parent, rule, create)?, name))
+}
+
+/// Bind the control socket: refuse if a live baton answers there, or if
+/// the path is not a socket (a regular file is never deleted), replace a
+/// stale socket, create the directory (mode 0700) if needed, and set the
 /// socket's mode. Call it before the runtime starts; [`serve`] takes it on.
 pub fn bind(path: &Path, mode: u32) -> Result<std::os::unix::net::UnixListener, ControlError> {
     let io_err = |source| ControlError::Io {
         path: path.to_owned(),
         source,
     };
-    if let Some(dir) = path.parent()
-        && !dir.as_os_str().is_empty()
-        && !dir.exists()
-    {
-        std::fs::create_dir_all(dir).map_err(io_err)?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io_err)?;
-    }
-    if path.exists() {
-        match StdUnixStream::connect(path) {
+    let (dir, name) = socket_dir(path, true)?;
+    match dir.kind(name).map_err(io_err)? {
+        None => {}
+        Some(Kind::Socket) => match StdUnixStream::connect(dir.entry(name)) {
             Ok(_) => return Err(ControlError::InUse(path.to_owned())),
+            // connect() to a regular file fails the same way: hence the
+            // check of its kind above.
             Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-                std::fs::remove_file(path).map_err(io_err)?;
+                dir.remove(name).map_err(io_err)?;
             }
             Err(e) => return Err(io_err(e)),
-        }
+        },
+        Some(_) => return Err(ControlError::NotASocket(path.to_owned())),
     }
-    let listener = std::os::unix::net::UnixListener::bind(path).map_err(io_err)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(io_err)?;
+    let listener = std::os::unix::net::UnixListener::bind(dir.entry(name)).map_err(io_err)?;
+    dir.chmod(name, mode).map_err(io_err)?;
     Ok(listener)
 }
 
@@ -398,7 +428,21 @@ pub fn request(path: &Path, command: Command) -> Result<Response, ControlError> 
         path: path.to_owned(),
         source,
     };
-    let mut stream = StdUnixStream::connect(path).map_err(io_err)?;
+    let (dir, name) = socket_dir(path, false)?;
+    match dir.kind(name).map_err(io_err)? {
+        Some(Kind::Socket) | None => {}
+        Some(_) => return Err(ControlError::NotASocket(path.to_owned())),
+    }
+    let mut stream = StdUnixStream::connect(dir.entry(name)).map_err(io_err)?;
+    // Before a word is sent or believed: is this baton, or someone posing?
+    let uid = local_users::peer_uid(&stream).map_err(io_err)?;
+    if !local_users::believable_server(uid, dir.owner()) {
+        return Err(ControlError::Untrusted {
+            path: path.to_owned(),
+            uid,
+            ours: nix::unistd::geteuid().as_raw(),
+        });
+    }
     let mut line = serde_json::to_vec(&Request {
         v: VERSION,
         cmd: command,
@@ -420,6 +464,8 @@ pub fn request(path: &Path, command: Command) -> Result<Response, ControlError> 
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
     use super::*;
 
     #[test]
@@ -470,5 +516,20 @@ mod tests {
         assert!(matches!(bind(&path, 0o600), Err(ControlError::InUse(_))));
         drop(live);
         bind(&path, 0o600).expect("a stale socket file is replaced");
+    }
+
+    #[test]
+    fn a_path_that_is_not_a_socket_is_refused_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("app.sock");
+        std::fs::write(&path, "precious").unwrap();
+        let error = bind(&path, 0o600).unwrap_err();
+        assert!(matches!(error, ControlError::NotASocket(_)), "{error}");
+        assert!(error.to_string().contains("is not a socket"), "{error}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "precious");
+        assert!(matches!(
+            request(&path, Command::Status),
+            Err(ControlError::NotASocket(_))
+        ));
     }
 }

@@ -14,7 +14,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::watch::WatchSettings;
+use crate::fswatch::WatchSettings;
 
 /// The longest pause after repeated failures.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -146,6 +146,12 @@ impl DevLoop {
         self.failed(now);
     }
 
+    /// A generation was started, whatever asked for it (a SIGHUP while the
+    /// first build still failed, say): from now on a good build reloads.
+    pub fn on_generation_started(&mut self) {
+        self.started = true;
+    }
+
     /// A watch-triggered reload ended.
     pub fn on_reload_done(&mut self, ok: bool, now: Instant) {
         if ok {
@@ -215,6 +221,19 @@ mod tests {
         let later = t0 + dev.backoff();
         assert_eq!(dev.on_changes(later), DevAction::Build);
         assert_eq!(dev.on_build_done(true, later), DevAction::Start);
+        assert_eq!(dev.on_changes(later), DevAction::Build);
+        assert_eq!(dev.on_build_done(true, later), DevAction::Reload);
+    }
+
+    #[test]
+    fn a_generation_started_by_someone_else_makes_the_next_build_a_reload() {
+        let mut dev = dev(Some("make"), Duration::ZERO);
+        let t0 = Instant::now();
+        assert_eq!(dev.begin(), DevAction::Build);
+        assert_eq!(dev.on_build_done(false, t0), DevAction::Wait);
+        // SIGHUP started generation 1 meanwhile.
+        dev.on_generation_started();
+        let later = t0 + dev.backoff();
         assert_eq!(dev.on_changes(later), DevAction::Build);
         assert_eq!(dev.on_build_done(true, later), DevAction::Reload);
     }

@@ -8,9 +8,13 @@
 //! the I/O they ask for:
 //!
 //! - [`processes`]: the one table of pids and process groups, and the reaper;
+//! - [`escapees`]: baton's children outside every generation, stopped at exit;
 //! - [`observe`]: logs, systemd and the reload ledger, from the machine's notices;
 //! - [`build`]: the dev loop's build step;
-//! - [`sampling`]: what each generation costs, measured off the loop.
+//! - [`sampling`]: what each generation costs, measured off the loop;
+//! - [`listening`]: listener health: check, repair, hand over;
+//! - [`signals`]: what each signal baton receives does.
+//! - [`waits`]: optional timers and watchers as futures for the loop.
 //!
 //! Call [`Driver::run`] from a current-thread runtime: the workers' leaders
 //! get `PR_SET_PDEATHSIG`, which fires when the *thread* that forked them
@@ -18,10 +22,14 @@
 
 mod blueprint;
 mod build;
+mod escapees;
 mod ledger;
+mod listening;
 mod observe;
 mod processes;
 mod sampling;
+mod signals;
+mod waits;
 
 pub use self::blueprint::{Blueprint, Config, Reloader};
 pub use self::ledger::ReloadLedger;
@@ -38,19 +46,25 @@ use nix::sys::signal::Signal;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use self::listening::{Health, Moment};
 use self::observe::{Observer, WatchOutcome};
 use self::processes::{ProcessTable, Reaped};
 use self::sampling::{Groups, Usages};
+use self::waits::{interval, next_batch, sleep_until, tick};
 use crate::control::{self, ControlRequest, Response};
 use crate::devloop::{DevAction, DevLoop};
+use crate::fswatch::{ChangeBatch, WatchError, Watcher};
 use crate::guardian::Guardian;
 use crate::listeners::{self, Listener};
-use crate::machine::{Action, Event, Generation, Machine, ProcessExit, StopSignal};
+use crate::machine::{Action, Event, Generation, Machine, Notice, ProcessExit, StopSignal};
+use crate::metrics::history::CostHistory;
 use crate::metrics::{self, Snapshot};
+use crate::readiness::kernel::HandedSockets;
+use crate::readiness::observer::{self, Observation, Seen};
 use crate::readiness::{Notification, ReadinessDir, ReadinessSocket};
+use crate::signals::{SignalTable, Signals};
 use crate::spawn::{Role, SpawnRequest};
-use crate::status::{GenerationStatus, ListenerStatus, Status, Trigger};
-use crate::watch::{ChangeBatch, WatchError, Watcher};
+use crate::status::{GenerationStatus, Status, Trigger};
 
 /// How often to look for generations whose process group emptied without
 /// telling baton (a member reaped by another member sends no SIGCHLD here).
@@ -59,9 +73,6 @@ const GROUP_CHECK_INTERVAL: Duration = Duration::from_millis(500);
 /// What went wrong setting up the driver.
 #[derive(Debug, thiserror::Error)]
 pub enum DriverError {
-    /// The private directory for notify sockets could not be created.
-    #[error("cannot create the directory for notify sockets: {0}")]
-    ReadinessDir(io::Error),
     /// The watched paths cannot be watched.
     #[error("{0}")]
     Watch(WatchError),
@@ -71,6 +82,9 @@ pub enum DriverError {
     /// baton cannot become a child subreaper.
     #[error("cannot become a child subreaper: {0}")]
     Subreaper(io::Error),
+    /// No worker could ever start: the machine gave up (the reason says how).
+    #[error("{0}")]
+    GaveUp(String),
 }
 
 /// The driver. See the [module docs](self).
@@ -86,18 +100,25 @@ pub struct Driver {
     notify_dir: ReadinessDir,
     notes: mpsc::UnboundedSender<Notification>,
     notes_rx: mpsc::UnboundedReceiver<Notification>,
+    /// `--ready auto`: the observer of each starting generation.
+    observations: BTreeMap<Generation, Observation>,
+    seen: mpsc::UnboundedSender<Seen>,
+    seen_rx: mpsc::UnboundedReceiver<Seen>,
     control: Option<(std::os::unix::net::UnixListener, PathBuf)>,
     control_path: Option<PathBuf>,
     requests: mpsc::Sender<ControlRequest>,
     requests_rx: mpsc::Receiver<ControlRequest>,
     metrics: Option<std::net::TcpListener>,
     snapshots: Option<watch::Sender<Arc<Snapshot>>>,
+    cost_history: Arc<CostHistory>,
     dev: Option<(DevLoop, crate::devloop::DevSettings)>,
     watcher: Option<Watcher>,
     sample_groups: watch::Sender<Groups>,
     usage: watch::Receiver<Usages>,
     started: Instant,
     interrupts: u32,
+    signal_table: SignalTable,
+    health: Health,
 }
 
 impl std::fmt::Debug for Driver {
@@ -118,6 +139,7 @@ impl Driver {
         }
         let (notes, notes_rx) = mpsc::unbounded_channel();
         let (requests, requests_rx) = mpsc::channel(64);
+        let (seen, seen_rx) = mpsc::unbounded_channel();
         let (sample_groups, _) = watch::channel(Groups::default());
         let (_, usage) = watch::channel(Usages::default());
         Ok(Driver {
@@ -128,15 +150,19 @@ impl Driver {
             blueprint: config.blueprint,
             reloader: config.reloader,
             readiness: BTreeMap::new(),
-            notify_dir: ReadinessDir::new().map_err(DriverError::ReadinessDir)?,
+            notify_dir: ReadinessDir::new(config.runtime),
             notes,
             notes_rx,
+            observations: BTreeMap::new(),
+            seen,
+            seen_rx,
             control_path: config.control.as_ref().map(|(_, path)| path.clone()),
             control: config.control,
             requests,
             requests_rx,
             metrics: config.metrics,
             snapshots: None,
+            cost_history: Arc::default(),
             dev: config
                 .dev
                 .map(|settings| (DevLoop::new(&settings), settings)),
@@ -145,17 +171,18 @@ impl Driver {
             usage,
             started: Instant::now(),
             interrupts: 0,
+            signal_table: config.signals,
+            health: Health::default(),
         })
     }
 
     /// Start the first generation and supervise until shutdown is complete.
     pub async fn run(mut self) -> Result<(), DriverError> {
-        let install = |kind| signal(kind).map_err(DriverError::Signals);
-        let mut hangup = install(SignalKind::hangup())?;
-        let mut terminate = install(SignalKind::terminate())?;
-        let mut interrupt = install(SignalKind::interrupt())?;
-        let mut child = install(SignalKind::child())?;
+        let mut signals =
+            Signals::install(self.signal_table.clone()).map_err(DriverError::Signals)?;
+        let mut child = signal(SignalKind::child()).map_err(DriverError::Signals)?;
         let mut group_check = interval(GROUP_CHECK_INTERVAL);
+        let mut listener_check = interval(listening::CHECK_INTERVAL);
         // Pings prove that baton's own loop runs: a worker in crash
         // backoff must not get baton killed.
         let mut watchdog = self
@@ -193,18 +220,19 @@ impl Driver {
                     self.observer.tell_systemd(|s| s.watchdog());
                     Vec::new()
                 }
-                _ = hangup.recv() => self.request_reload(Trigger::Signal, None),
+                signal = signals.recv() => self.on_signal(&mut signals, signal),
                 Some(request) = self.requests_rx.recv() => self.on_control(request),
-                _ = terminate.recv() => vec![Event::ShutdownRequested],
-                _ = interrupt.recv() => {
-                    self.interrupts += 1;
-                    vec![if self.interrupts == 1 { Event::ShutdownRequested } else { Event::ForceShutdown }]
-                }
                 Some(note) = self.notes_rx.recv() => self.on_notification(note),
+                Some(seen) = self.seen_rx.recv() => vec![seen.into_event()],
                 // Reaping follows every wake-up: a SIGCHLD may have been
                 // coalesced with another signal.
                 _ = child.recv() => Vec::new(),
-                _ = group_check.tick() => Vec::new(),
+                _ = group_check.tick() => {
+                    // A tmp cleaner may have removed the notify directory.
+                    let _ = self.notify_dir.repair(&mut self.readiness, &self.notes);
+                    Vec::new()
+                }
+                _ = listener_check.tick() => self.check_listeners(Moment::Routine),
             };
         }
         // Answer whoever still waits, and let those answers be written
@@ -212,8 +240,11 @@ impl Driver {
         self.observer.ledger.close("baton has stopped");
         tasks.in_flight.settle(Duration::from_secs(1)).await;
         drop(tasks);
+        let (timeout, force) = (self.machine.settings().drain_timeout, self.interrupts >= 2);
+        escapees::stop(&mut self.processes, timeout, force).await;
+        let gave_up = self.machine.gave_up().map(str::to_owned);
         self.finish();
-        Ok(())
+        gave_up.map_or(Ok(()), |reason| Err(DriverError::GaveUp(reason)))
     }
 
     /// The servers and the sampler are tasks of their own: a slow client
@@ -252,8 +283,9 @@ impl Driver {
                             queue.push_back(Event::SpawnFailed { generation, error });
                         }
                     }
+                    Action::Observe { generation } => self.observe(generation),
                     Action::Drain { generation, signal } => {
-                        self.processes.signal(generation, to_signal(signal))
+                        self.processes.drain(generation, to_signal(signal))
                     }
                     Action::Kill { generation } => {
                         self.processes.signal(generation, Signal::SIGKILL)
@@ -261,25 +293,60 @@ impl Driver {
                     Action::Forget { generation } => {
                         self.processes.forget(generation);
                         self.readiness.remove(&generation);
+                        queue.extend(self.listeners_after_exit(generation));
                     }
                     Action::Notice(notice) => {
+                        if let (Notice::Starting { .. }, Some((dev, _))) = (&notice, &mut self.dev)
+                        {
+                            dev.on_generation_started();
+                        }
                         let outcome = self.observer.observe(notice, &self.processes);
                         self.watch_reload_done(outcome);
                     }
-                    Action::Exit => return true,
+                    Action::Exit | Action::GiveUp { .. } => return true,
                 }
             }
         }
+        // Observe only until ready (or failed).
+        let machine = &self.machine;
+        self.observations
+            .retain(|g, _| machine.generation(*g).is_some_and(|s| s.is_starting()));
         false
+    }
+
+    /// `--ready auto`: watch the generation's processes off the loop.
+    fn observe(&mut self, generation: Generation) {
+        let Some(group) = self.processes.pid(generation) else {
+            return;
+        };
+        let handed = HandedSockets::new(
+            self.listeners
+                .iter()
+                .map(|l| (l.name(), l.local_address(), l.as_fd())),
+        );
+        match observer::observe(generation, group, handed, self.seen.clone()) {
+            Ok(observation) => {
+                self.observations.insert(generation, observation);
+            }
+            Err(error) => {
+                tracing::error!(generation, %error, "cannot observe the new generation")
+            }
+        }
     }
 
     /// Start a generation: its notify socket, then its process. An error
     /// means no process exists.
     fn spawn(&mut self, generation: Generation) -> Result<(), String> {
+        self.notify_dir
+            .repair(&mut self.readiness, &self.notes)
+            .map_err(|error| format!("cannot create its notify socket: {error}"))?;
         let notify = self
             .notify_dir
             .listen(generation, self.notes.clone())
             .map_err(|error| format!("cannot create its notify socket: {error}"))?;
+        // Whatever is bound anew here goes to this generation.
+        self.check_listeners(Moment::BeforeSpawn);
+        self.health.handed_to(generation, self.listeners.len());
         let sockets: Vec<(&str, _)> = self
             .listeners
             .iter()
@@ -291,6 +358,7 @@ impl Driver {
                 generation,
                 sockets: &sockets,
                 notify_socket: notify.path(),
+                watchdog: self.machine.generation(generation).and_then(|g| g.watchdog),
             },
             env: self.blueprint.environment(),
             output: None,
@@ -332,6 +400,11 @@ impl Driver {
             return vec![Event::ReloadRequested { id }];
         }
         self.observer.reload_requested(id, trigger);
+        // A listener bound anew is handed over to the running code: an
+        // automatic reload must not pick up a half-edited config file.
+        if trigger == Trigger::Listener {
+            return vec![Event::ReloadRequested { id }];
+        }
         match self.reread_blueprint() {
             Ok(settings) => settings
                 .into_iter()
@@ -393,11 +466,13 @@ impl Driver {
         if let Some(status) = &note.status {
             tracing::info!(generation, sender, %status, "worker status");
         }
-        if !note.ready {
-            return Vec::new();
+        if note.ready {
+            tracing::info!(generation, sender, "READY=1 received");
         }
-        tracing::info!(generation, sender, "READY=1 received");
-        vec![Event::Ready { generation }]
+        let ping = note.watchdog.then_some(Event::WatchdogPing { generation });
+        ping.into_iter()
+            .chain(note.ready.then_some(Event::Ready { generation }))
+            .collect()
     }
 
     /// Watched files changed.
@@ -501,6 +576,7 @@ impl Driver {
     /// What `status` answers.
     pub fn status(&self) -> Status {
         let usage = self.usage.borrow().clone();
+        let costs = &usage.usage;
         let now = Instant::now();
         let unix_now = crate::status::unix_now();
         let generations = self
@@ -515,7 +591,8 @@ impl Driver {
                     state: state.phase.name().to_owned(),
                     started_at: unix_now - age.as_secs_f64(),
                     ready_ms: state.ready_after.map(|d| d.as_millis() as u64),
-                    usage: pid.and_then(|p| usage.get(&p)).cloned().unwrap_or_default(),
+                    silent: state.is_silent(),
+                    usage: pid.and_then(|p| costs.get(&p)).cloned().unwrap_or_default(),
                 }
             })
             .collect();
@@ -523,24 +600,18 @@ impl Driver {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             pid: std::process::id(),
             uptime_s: self.started.elapsed().as_secs_f64(),
-            listeners: self
-                .listeners
-                .iter()
-                .map(|l| ListenerStatus {
-                    name: l.name().to_owned(),
-                    address: l.local_address().to_owned(),
-                    backlog: l.backlog(),
-                })
-                .collect(),
+            listeners: self.listener_statuses(),
             generations,
             reloads: self.observer.ledger.history(),
             counters: self.observer.ledger.counters.clone(),
+            escaped: usage.escaped.clone(),
+            guardian: self.processes.guardian(),
         }
     }
 
-    /// Hand the metrics server a fresh snapshot, and the sampler the
-    /// groups to measure.
-    fn publish(&self) {
+    /// Hand the metrics server a fresh snapshot (with a frame more of
+    /// cost history after each sample), and the sampler the groups to measure.
+    fn publish(&mut self) {
         let draining = self
             .machine
             .generations()
@@ -548,13 +619,26 @@ impl Driver {
             .filter_map(|(g, _)| self.processes.pid(g))
             .collect();
         let all = self.processes.live_groups().map(|(_, pid)| pid).collect();
+        let known = escapees::known(&self.processes);
+        let wanted = Groups {
+            all,
+            draining,
+            known,
+        };
         self.sample_groups
-            .send_if_modified(|groups| replace_if_changed(groups, Groups { all, draining }));
+            .send_if_modified(|groups| replace_if_changed(groups, wanted));
         if let Some(snapshots) = &self.snapshots {
+            let status = self.status();
+            if self.usage.has_changed().unwrap_or(false) {
+                self.usage.mark_unchanged();
+                Arc::make_mut(&mut self.cost_history)
+                    .record(crate::status::unix_now(), &status.generations);
+            }
             snapshots.send_replace(Arc::new(Snapshot {
-                status: self.status(),
+                status,
                 reload_duration: self.observer.ledger.duration.clone(),
                 time_to_ready: self.observer.time_to_ready.clone(),
+                history: self.cost_history.clone(),
             }));
         }
     }
@@ -603,36 +687,4 @@ fn to_signal(signal: StopSignal) -> Signal {
         tracing::warn!(%signal, "cannot send this signal: sending SIGTERM instead");
         Signal::SIGTERM
     })
-}
-
-fn interval(period: Duration) -> tokio::time::Interval {
-    let mut timer = tokio::time::interval(period);
-    timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    timer
-}
-
-/// The next tick of an optional interval; never, without one.
-async fn tick(timer: &mut Option<tokio::time::Interval>) {
-    match timer {
-        Some(timer) => {
-            timer.tick().await;
-        }
-        None => std::future::pending().await,
-    }
-}
-
-/// The next batch of changes; never, without a watcher.
-async fn next_batch(watcher: &mut Option<Watcher>) -> Result<ChangeBatch, WatchError> {
-    match watcher {
-        Some(watcher) => watcher.next_batch().await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Sleep until `deadline`; never, without one.
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
-        None => std::future::pending().await,
-    }
 }

@@ -2,16 +2,33 @@
 //!
 //! `PR_SET_PDEATHSIG` reaches only baton's direct child, so a worker started
 //! through `sh -c` or `npm start`, or one that forks, would outlive a baton
-//! killed with SIGKILL. The guardian is forked before the runtime starts
-//! (one thread: no lock can be held across the fork) and reads a pipe from
-//! baton: baton writes "add pgid" after each spawn and "forget pgid" when a
-//! group is gone. When the pipe hits end-of-file — baton exited, however it
-//! died — the guardian sends SIGKILL to every group it still knows of and
-//! exits. On a clean exit baton has forgotten every group, so nothing is
-//! killed.
+//! killed with SIGKILL. The guardian reads a pipe from baton: baton writes
+//! "add pgid" after each spawn and "forget pgid" when a group is gone. When
+//! the pipe hits end-of-file — baton exited, however it died — the guardian
+//! sends SIGKILL to every group it still knows of and exits. On a clean exit
+//! baton has forgotten every group, so nothing is killed.
+//!
+//! The guardian is baton's own binary (`/proc/self/exe`, which works even
+//! when the file was replaced or deleted by an upgrade), exec'd with argv[0]
+//! [`GUARDIAN_NAME`]: baton's `main` sees that name and runs [`serve`]
+//! instead. Exec'ing, rather than running Rust code in a bare fork, is what
+//! lets baton start a guardian at any time: a guardian that dies is
+//! replaced from the multi-threaded baton, where a forked child may make
+//! only async-signal-safe calls. The name also keeps `pidof baton` to baton
+//! alone.
 
+use std::ffi::{CString, OsStr};
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+
+use crate::spawn::PRIVATE_VARIABLES;
+
+/// argv[0] of the guardian, and the name `ps` and `pidof` show.
+pub const GUARDIAN_NAME: &str = "baton-guardian";
+
+/// Where the guardian finds its end of the pipe.
+const PIPE_FD: RawFd = 3;
 
 const ADD: u32 = 1;
 const FORGET: u32 = 2;
@@ -24,23 +41,22 @@ pub struct Guardian {
 }
 
 impl Guardian {
-    /// Fork the guardian. Call it while the process has a single thread
-    /// (before the tokio runtime starts).
+    /// Start a guardian: fork, and exec baton's own binary in the guardian
+    /// role. Safe to call from a multi-threaded process: the child makes
+    /// only async-signal-safe calls before `execve`.
     pub fn start() -> io::Result<Self> {
-        let mut fds = [0; 2];
-        // SAFETY: pipe2 writes two new descriptors into the array.
-        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: both descriptors were just created and are owned by nobody else.
-        let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-        // SAFETY: the caller guarantees a single thread, so the child may run
-        // ordinary code; it never returns from `guard`.
+        let (read, write) = pipe()?;
+        let prepared = Prepared::new(read.as_fd())?;
+        drop(read);
+        // SAFETY: the child runs only `exec_in_child` (async-signal-safe
+        // calls on memory prepared above), then `_exit`; it never returns
+        // into Rust code that could take a lock held at fork time.
         match unsafe { libc::fork() } {
             -1 => Err(io::Error::last_os_error()),
             0 => {
-                drop(write);
-                guard(read)
+                prepared.exec_in_child();
+                // SAFETY: _exit is async-signal-safe and skips destructors.
+                unsafe { libc::_exit(127) }
             }
             pid => Ok(Guardian {
                 pid,
@@ -70,52 +86,48 @@ impl Guardian {
         record[..4].copy_from_slice(&op.to_ne_bytes());
         record[4..].copy_from_slice(&pgid.to_ne_bytes());
         // A pipe write of at most PIPE_BUF bytes is atomic. It fails only if
-        // the guardian died, which the reaper reports.
+        // the guardian died, which the reaper reports (and mends).
         // SAFETY: writes a local buffer to a descriptor we own.
         unsafe { libc::write(pipe.as_raw_fd(), record.as_ptr().cast(), record.len()) };
     }
 
     /// Close the pipe (the guardian kills what it still knows of) and wait
-    /// for it to exit, unless the reaper already reaped it.
-    pub fn finish(mut self, already_reaped: bool) {
+    /// for it to exit. Only for a guardian not reaped yet.
+    pub fn finish(mut self) {
         self.pipe = None;
-        if !already_reaped {
-            let mut status = 0;
-            // SAFETY: waits for our own child.
-            unsafe { libc::waitpid(self.pid, &mut status, 0) };
-        }
+        let mut status = 0;
+        // SAFETY: waits for our own child.
+        unsafe { libc::waitpid(self.pid, &mut status, 0) };
     }
 }
 
-/// The guardian's whole life.
-fn guard(pipe: OwnedFd) -> ! {
-    // SAFETY: plain system calls on this (single-threaded) process.
+/// Whether this process was started as a guardian (argv[0] is
+/// [`GUARDIAN_NAME`]); then `main` must call [`serve`] and nothing else.
+pub fn is_guardian() -> bool {
+    std::env::args_os().next().as_deref() == Some(OsStr::new(GUARDIAN_NAME))
+}
+
+/// The guardian's whole life: read the pipe at fd 3 until end-of-file,
+/// then SIGKILL every group still known, and exit.
+pub fn serve() -> ! {
+    // SAFETY: plain system calls on this process, which has one thread.
     unsafe {
-        // A Ctrl-C on the terminal reaches baton's whole process group; the
-        // guardian must outlive baton, so it ignores what baton handles.
-        for signal in [
-            libc::SIGINT,
-            libc::SIGHUP,
-            libc::SIGTERM,
-            libc::SIGQUIT,
-            libc::SIGPIPE,
-        ] {
+        // A Ctrl-C on the terminal reaches baton's whole process group, and
+        // `kill -USR1 $(pidof baton)` the guardian too: it must outlive
+        // baton, so it ignores every signal baton handles or ignores.
+        for signal in crate::signals::guardian_ignores() {
             libc::signal(signal, libc::SIG_IGN);
         }
+        // exec named it after the file (`exe`); `ps` and `top` show this.
         libc::prctl(libc::PR_SET_NAME, c"baton-guardian".as_ptr());
-        // Hold nothing of baton's (its listening sockets above all): keep
-        // the pipe at fd 3 and stderr for the one line it may print.
-        let fd = libc::dup2(pipe.as_raw_fd(), 3);
+        // Hold nothing of baton's but the pipe and stderr (for one line).
         libc::syscall(
             libc::SYS_close_range,
-            4 as libc::c_uint,
+            (PIPE_FD + 1) as libc::c_uint,
             libc::c_uint::MAX,
             0,
         );
-        libc::close(0);
-        libc::close(1);
-        std::mem::forget(pipe);
-        let killed = watch(fd);
+        let killed = watch(PIPE_FD);
         if killed > 0 {
             let line = b"baton-guardian: baton is gone; killed its worker groups\n";
             libc::write(2, line.as_ptr().cast(), line.len());
@@ -151,4 +163,101 @@ fn watch(fd: RawFd) -> usize {
         unsafe { libc::killpg(pgid, libc::SIGKILL) };
     }
     groups.len()
+}
+
+/// A close-on-exec pipe: (read end, write end).
+fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two new descriptors into the array.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both descriptors were just created and are owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Duplicate `fd` above the descriptors the child sets up, close-on-exec.
+fn dup_high(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    // SAFETY: F_DUPFD_CLOEXEC creates a new descriptor and touches nothing else.
+    let new = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, PIPE_FD + 1) };
+    if new < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `new` was just created and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(new) })
+}
+
+/// Everything the child needs, built before fork.
+struct Prepared {
+    argv: [*const libc::c_char; 2],
+    envp: Vec<*const libc::c_char>,
+    _env: Vec<CString>,
+    /// What the guardian ignores, set before exec: no window for a Ctrl-C.
+    ignored: Vec<libc::c_int>,
+    /// The pipe's read end and /dev/null, above fd 3 so that no dup2
+    /// target clobbers them.
+    pipe: OwnedFd,
+    dev_null: OwnedFd,
+}
+
+impl Prepared {
+    fn new(pipe: BorrowedFd<'_>) -> io::Result<Self> {
+        // Baton's environment (the e2e tests find a baton's processes by
+        // it), without what describes baton's own sockets and systemd.
+        let env: Vec<CString> = std::env::vars_os()
+            .filter(|(key, _)| !PRIVATE_VARIABLES.iter().any(|v| OsStr::new(v) == key))
+            .filter_map(|(key, value)| {
+                let mut pair = key.as_bytes().to_vec();
+                pair.push(b'=');
+                pair.extend_from_slice(value.as_bytes());
+                CString::new(pair).ok()
+            })
+            .collect();
+        let mut envp: Vec<_> = env.iter().map(|s| s.as_ptr()).collect();
+        envp.push(std::ptr::null());
+        Ok(Prepared {
+            argv: [c"baton-guardian".as_ptr(), std::ptr::null()],
+            envp,
+            _env: env,
+            ignored: crate::signals::guardian_ignores(),
+            pipe: dup_high(pipe)?,
+            dev_null: dup_high(std::fs::File::open("/dev/null")?.as_fd())?,
+        })
+    }
+
+    /// Runs in the child between fork and exec: async-signal-safe calls
+    /// only. Returns only if exec failed.
+    fn exec_in_child(&self) {
+        // SAFETY: every call is async-signal-safe, uses buffers built before
+        // fork, and touches only this process (the child).
+        unsafe {
+            // Ignored stays ignored across exec.
+            for &signal in &self.ignored {
+                libc::signal(signal, libc::SIG_IGN);
+            }
+            let mut empty = std::mem::zeroed::<libc::sigset_t>();
+            libc::sigemptyset(&mut empty);
+            libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+            // dup2 to another number clears FD_CLOEXEC on the target.
+            if libc::dup2(self.pipe.as_raw_fd(), PIPE_FD) < 0
+                || libc::dup2(self.dev_null.as_raw_fd(), 0) < 0
+                || libc::dup2(self.dev_null.as_raw_fd(), 1) < 0
+            {
+                return;
+            }
+            // Nothing else of baton's — its listening sockets above all —
+            // may stay open in the guardian.
+            libc::syscall(
+                libc::SYS_close_range,
+                (PIPE_FD + 1) as libc::c_uint,
+                libc::c_uint::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            );
+            libc::execve(
+                c"/proc/self/exe".as_ptr(),
+                self.argv.as_ptr(),
+                self.envp.as_ptr(),
+            );
+        }
+    }
 }

@@ -9,21 +9,27 @@
 //! - [`driver`]: runs both machines on tokio and does the I/O they ask for.
 //! - [`readiness`]: the per-generation `NOTIFY_SOCKET` receivers.
 //! - [`guardian`]: kills every worker group if baton itself dies.
+//! - [`signals`]: what each signal does to baton, and the stream of them.
 //! - [`control`]: the control socket behind `baton ctl`.
+//! - [`runtime_dir`]: baton's runtime directories, checked against other local users.
+//! - [`local_users`]: whose credentials baton believes (its own uid, root).
 //! - [`status`]: what `status` reports, and the sampler of worker costs.
-//! - [`metrics`]: Prometheus metrics and `/status` over HTTP.
-//! - [`watch`]: file watching for the dev loop: per-directory inotify watches, ignores, a quiet-period debounce.
+//! - [`metrics`]: the status page, Prometheus metrics and `/status` over HTTP.
+//! - [`fswatch`]: file watching for the dev loop: per-directory inotify watches, ignores, a quiet-period debounce.
 //! - [`systemd`]: baton's own sd_notify towards systemd (READY, RELOADING, STATUS, fd store).
 
 pub mod control;
 pub mod devloop;
 pub mod driver;
+pub mod fswatch;
 pub mod guardian;
 pub mod listeners;
+pub mod local_users;
 pub mod machine;
 pub mod metrics;
 pub mod readiness;
+pub mod runtime_dir;
+pub mod signals;
 pub mod spawn;
 pub mod status;
 pub mod systemd;
-pub mod watch;

@@ -1,6 +1,11 @@
-//! `--metrics ADDR`: `GET /metrics` in the Prometheus text format and
-//! `GET /status` (the JSON of `baton ctl status`), served with hyper from
-//! the snapshot the driver publishes, over HTTP/1 only. Anything else is 404.
+//! `--metrics ADDR`: `GET /` (the [status page](page) a person looks
+//! at), `GET /metrics` in the Prometheus text format and `GET /status`
+//! (the JSON of `baton ctl status`), served with hyper from the snapshot
+//! the driver publishes, over HTTP/1 only. Anything else is 404.
+
+pub mod history;
+pub mod page;
+mod process;
 
 use std::convert::Infallible;
 use std::fmt::Write as _;
@@ -14,7 +19,12 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::sync::watch;
 
-use crate::status::Status;
+use self::history::CostHistory;
+use crate::machine::Phase;
+use crate::status::{ListenerHealth, Outcome, Status};
+
+/// The content type of `/metrics`: the text format, version 0.0.4.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Bucket bounds, in seconds, shared by the duration histograms.
 const BUCKETS: [f64; 12] = [
@@ -63,6 +73,8 @@ pub struct Snapshot {
     pub reload_duration: Histogram,
     /// Spawn to ready of every generation.
     pub time_to_ready: Histogram,
+    /// What each generation cost over the last minutes, for the page.
+    pub history: Arc<CostHistory>,
 }
 
 /// Render the Prometheus text exposition format (version 0.0.4).
@@ -83,6 +95,82 @@ pub fn render(snapshot: &Snapshot) -> String {
         "1 while baton runs.",
         &[(String::new(), "1".into())],
     );
+    let per_listener = |value: &dyn Fn(&crate::status::ListenerStatus) -> String| {
+        status
+            .listeners
+            .iter()
+            .filter(|l| l.health != ListenerHealth::Unchecked)
+            .map(|l| (format!("{{name=\"{}\"}}", label_value(&l.name)), value(l)))
+            .collect::<Vec<_>>()
+    };
+    family(
+        "baton_listener_up",
+        "gauge",
+        "1 while the listener listens where it should, 0 while broken.",
+        &per_listener(&|l| u8::from(l.health == ListenerHealth::Ok).to_string()),
+    );
+    family(
+        "baton_listener_repairs_total",
+        "counter",
+        "Times baton repaired the listener after a worker broke it.",
+        &per_listener(&|l| l.repairs.to_string()),
+    );
+    family(
+        "baton_build_info",
+        "gauge",
+        "Always 1; the labels tell which baton runs.",
+        &[(
+            format!("{{version=\"{}\"}}", label_value(&status.version)),
+            "1".into(),
+        )],
+    );
+    let by_state: Vec<(String, String)> = Phase::NAMES
+        .iter()
+        .map(|&state| {
+            let n = status
+                .generations
+                .iter()
+                .filter(|g| g.state == state)
+                .count();
+            (format!("{{state=\"{state}\"}}"), n.to_string())
+        })
+        .collect();
+    family(
+        "baton_generations",
+        "gauge",
+        "Live generations by state.",
+        &by_state,
+    );
+    // The last reload that ended; none before the first one has.
+    let last = status
+        .reloads
+        .iter()
+        .rev()
+        .find(|r| r.outcome != Outcome::Pending);
+    let at = last.map(|r| r.finished_at.unwrap_or(r.requested_at));
+    family(
+        "baton_last_reload_timestamp_seconds",
+        "gauge",
+        "When the last reload ended (ready or failed), in seconds since the Unix epoch.",
+        &at.map(|at| (String::new(), at.to_string()))
+            .into_iter()
+            .collect::<Vec<_>>(),
+    );
+    family(
+        "baton_last_reload_successful",
+        "gauge",
+        "1 if the last reload that ended succeeded, 0 if it failed.",
+        &last
+            .map(|r| {
+                (
+                    String::new(),
+                    u8::from(r.outcome == Outcome::Ok).to_string(),
+                )
+            })
+            .into_iter()
+            .collect::<Vec<_>>(),
+    );
+    // Listener health: not reported until ListenerStatus carries it.
     family(
         "baton_reloads_total",
         "counter",
@@ -142,7 +230,16 @@ pub fn render(snapshot: &Snapshot) -> String {
         "baton_time_to_ready_seconds",
         "From spawn to ready, for every generation.",
     );
+    process::SelfUsage::read().render(&mut out);
     out
+}
+
+/// `value` as a label value: backslash, double quote and newline escaped.
+fn label_value(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// Serve `/metrics` and `/status` on `listener` until the task is dropped.
@@ -178,7 +275,11 @@ pub async fn serve(listener: std::net::TcpListener, snapshots: watch::Receiver<A
 
 fn answer(request: &Request<Incoming>, snapshot: &Snapshot) -> Response<Full<Bytes>> {
     let (content_type, body) = match (request.method(), request.uri().path()) {
-        (&Method::GET, "/metrics") => ("text/plain; version=0.0.4", render(snapshot)),
+        (&Method::GET, "/") => (
+            page::CONTENT_TYPE,
+            page::render(snapshot, crate::status::unix_now()),
+        ),
+        (&Method::GET, "/metrics") => (CONTENT_TYPE, render(snapshot)),
         (&Method::GET, "/status") => (
             "application/json",
             serde_json::to_string(&snapshot.status).expect("status serializes"),
@@ -194,6 +295,9 @@ fn answer(request: &Request<Incoming>, snapshot: &Snapshot) -> Response<Full<Byt
         hyper::header::CONTENT_TYPE,
         hyper::header::HeaderValue::from_static(content_type),
     );
+    if content_type == page::CONTENT_TYPE {
+        page::headers(response.headers_mut());
+    }
     response
 }
 
@@ -226,6 +330,38 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("generation=\"2\""), "{text}");
+    }
+
+    #[test]
+    fn listeners_have_a_health_gauge() {
+        use crate::status::ListenerStatus;
+        let mut snapshot = Snapshot::default();
+        snapshot.status.listeners = vec![
+            ListenerStatus {
+                name: "http".into(),
+                health: ListenerHealth::Ok,
+                repairs: 2,
+                ..ListenerStatus::default()
+            },
+            ListenerStatus {
+                name: "admin".into(),
+                health: ListenerHealth::Broken,
+                ..ListenerStatus::default()
+            },
+        ];
+        let text = render(&snapshot);
+        assert!(
+            text.contains("baton_listener_up{name=\"http\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("baton_listener_up{name=\"admin\"} 0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("baton_listener_repairs_total{name=\"http\"} 2\n"),
+            "{text}"
+        );
     }
 
     #[test]

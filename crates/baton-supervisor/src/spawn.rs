@@ -1,10 +1,13 @@
-//! Start a worker: fork, put its sockets at fds 3, 4, …, set `LISTEN_PID` to
-//! its own pid, exec.
+//! Start a worker: fork, put its sockets at fds 3, 4, …, set `LISTEN_PID`
+//! (and `WATCHDOG_PID`, with a watchdog) to its own pid, exec. Workers also
+//! get the variables of [other supervisors](supervisors) for the same
+//! descriptors.
 //!
 //! `LISTEN_PID` must equal the worker's pid, which exists only after fork;
 //! `std::process::Command` installs the environment after `pre_exec` runs
 //! and may place its own error pipe where fd 3 must go. So this module forks
-//! by itself: everything (argv, envp with a fixed-size `LISTEN_PID=` buffer,
+//! by itself: everything (argv, envp with fixed-size `LISTEN_PID=` and
+//! `WATCHDOG_PID=` buffers,
 //! high copies of the sockets) is prepared in the parent, and the child does
 //! only async-signal-safe system calls before `execve`. Between fork and exec
 //! there is no allocation, no lock and no Rust standard library I/O.
@@ -15,6 +18,9 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub mod supervisors;
 
 /// Variables of baton's own environment that must not reach a worker: they
 /// describe baton's sockets and baton's notify socket, not the worker's.
@@ -29,6 +35,12 @@ pub const PRIVATE_VARIABLES: &[&str] = &[
     "WATCHDOG_USEC",
     "FDSTORE",
     "BATON_GENERATION",
+    // Set for each worker from its own sockets (see `supervisors`).
+    "SERVER_STARTER_PORT",
+    "SERVER_STARTER_GENERATION",
+    "EINHORN_FD_COUNT",
+    "EINHORN_MASTER_PID",
+    "NGINX",
 ];
 
 /// What went wrong starting a worker.
@@ -48,7 +60,7 @@ pub enum SpawnError {
     Child {
         /// What it was doing.
         stage: &'static str,
-        /// The program.
+        /// The program as resolved, for the message.
         program: String,
         /// The error.
         source: io::Error,
@@ -70,8 +82,9 @@ pub struct WorkerCommand {
 #[derive(Debug)]
 pub enum Role<'a> {
     /// A generation's worker: its sockets land at fds 3, 4, … and it gets
-    /// `LISTEN_FDS`, `LISTEN_PID`, `LISTEN_FDNAMES`, `NOTIFY_SOCKET` and
-    /// `BATON_GENERATION`.
+    /// `LISTEN_FDS`, `LISTEN_PID`, `LISTEN_FDNAMES`, `NOTIFY_SOCKET`,
+    /// `BATON_GENERATION` and [other supervisors' variables](supervisors)
+    /// (and `WATCHDOG_USEC`, `WATCHDOG_PID` with a watchdog).
     Worker {
         /// Its generation number.
         generation: u64,
@@ -79,6 +92,8 @@ pub enum Role<'a> {
         sockets: &'a [(&'a str, BorrowedFd<'a>)],
         /// Its generation's notify socket.
         notify_socket: &'a Path,
+        /// The watchdog interval asked of it, if any.
+        watchdog: Option<Duration>,
     },
     /// A helper such as the build step: no socket and none of those
     /// variables.
@@ -97,7 +112,7 @@ impl Role<'_> {
 /// One process to start.
 #[derive(Debug)]
 pub struct SpawnRequest<'a> {
-    /// The command.
+    /// What to exec, and where.
     pub command: &'a WorkerCommand,
     /// A worker or a helper.
     pub role: Role<'a>,
@@ -135,10 +150,16 @@ fn is_executable(path: &Path) -> bool {
 }
 
 const LISTEN_PID_PREFIX: &[u8] = b"LISTEN_PID=";
+const WATCHDOG_PID_PREFIX: &[u8] = b"WATCHDOG_PID=";
 
 /// Write `LISTEN_PID=<pid>\0` into `buf` without allocating: this runs
 /// between fork and exec.
 fn write_listen_pid(buf: &mut [u8; 32], pid: libc::pid_t) {
+    write_pid_variable(buf, LISTEN_PID_PREFIX, pid);
+}
+
+/// Write `<prefix><pid>\0` into `buf` without allocating.
+fn write_pid_variable(buf: &mut [u8; 32], prefix: &[u8], pid: libc::pid_t) {
     let mut digits = [0u8; 12];
     let mut n = pid.unsigned_abs();
     let mut start = digits.len();
@@ -150,9 +171,9 @@ fn write_listen_pid(buf: &mut [u8; 32], pid: libc::pid_t) {
             break;
         }
     }
-    let prefix = LISTEN_PID_PREFIX.len();
     let len = digits.len() - start;
-    buf[..prefix].copy_from_slice(LISTEN_PID_PREFIX);
+    buf[..prefix.len()].copy_from_slice(prefix);
+    let prefix = prefix.len();
     buf[prefix..prefix + len].copy_from_slice(&digits[start..]);
     buf[prefix + len] = 0;
 }
@@ -170,6 +191,8 @@ struct PreparedExec {
     argv_ptrs: Vec<*const libc::c_char>,
     _env: Vec<CString>,
     listen_pid: Box<[u8; 32]>,
+    /// `WATCHDOG_PID=`, filled like `LISTEN_PID=`, when there is a watchdog.
+    watchdog_pid: Option<Box<[u8; 32]>>,
     envp_ptrs: Vec<*const libc::c_char>,
     /// Copies of the sockets at fds ≥ 3+N, so no dup2 target clobbers one.
     sources: Vec<OwnedFd>,
@@ -190,7 +213,8 @@ impl PreparedExec {
         }
         let mut env = Vec::new();
         for (key, value) in &request.env {
-            let private = PRIVATE_VARIABLES.iter().any(|v| OsStr::new(v) == key);
+            let private = PRIVATE_VARIABLES.iter().any(|v| OsStr::new(v) == key)
+                || key.as_bytes().starts_with(b"EINHORN_FD_");
             if !private {
                 let mut pair = key.clone().into_vec();
                 pair.push(b'=');
@@ -198,10 +222,12 @@ impl PreparedExec {
                 env.push(cstring(pair)?);
             }
         }
+        let mut watchdog_pid = None;
         if let Role::Worker {
             generation,
             sockets,
             notify_socket,
+            watchdog,
         } = request.role
         {
             let names: Vec<&str> = sockets.iter().map(|(name, _)| *name).collect();
@@ -211,6 +237,14 @@ impl PreparedExec {
             notify.extend_from_slice(notify_socket.as_os_str().as_bytes());
             env.push(cstring(notify)?);
             env.push(cstring(format!("BATON_GENERATION={generation}"))?);
+            let fds: Vec<BorrowedFd<'_>> = sockets.iter().map(|(_, fd)| *fd).collect();
+            for var in supervisors::variables(generation, &fds, std::process::id()) {
+                env.push(cstring(var)?);
+            }
+            if let Some(interval) = watchdog {
+                env.push(cstring(format!("WATCHDOG_USEC={}", interval.as_micros()))?);
+                watchdog_pid = Some(Box::new([0u8; 32]));
+            }
         }
 
         let mut listen_pid = Box::new([0u8; 32]);
@@ -218,6 +252,10 @@ impl PreparedExec {
         let mut envp_ptrs: Vec<_> = env.iter().map(|s| s.as_ptr()).collect();
         if let Role::Worker { .. } = request.role {
             envp_ptrs.push(listen_pid.as_ptr().cast());
+        }
+        if let Some(slot) = &mut watchdog_pid {
+            write_pid_variable(slot, WATCHDOG_PID_PREFIX, 0);
+            envp_ptrs.push(slot.as_ptr().cast());
         }
         envp_ptrs.push(std::ptr::null());
         let mut argv_ptrs: Vec<_> = argv.iter().map(|s| s.as_ptr()).collect();
@@ -253,6 +291,7 @@ impl PreparedExec {
             argv_ptrs,
             _env: env,
             listen_pid,
+            watchdog_pid,
             envp_ptrs,
             sources,
             dev_null,
@@ -321,7 +360,11 @@ impl PreparedExec {
             {
                 return (STAGE_CHDIR, errno());
             }
-            write_listen_pid(&mut self.listen_pid, libc::getpid());
+            let pid = libc::getpid();
+            write_listen_pid(&mut self.listen_pid, pid);
+            if let Some(slot) = &mut self.watchdog_pid {
+                write_pid_variable(slot, WATCHDOG_PID_PREFIX, pid);
+            }
             libc::execve(
                 self.path.as_ptr(),
                 self.argv_ptrs.as_ptr(),
@@ -462,6 +505,10 @@ mod tests {
         assert_eq!(listen_pid(7), "LISTEN_PID=7");
         assert_eq!(listen_pid(4194304), "LISTEN_PID=4194304");
         assert_eq!(listen_pid(i32::MAX), "LISTEN_PID=2147483647");
+        let mut buf = [0xffu8; 32];
+        write_pid_variable(&mut buf, WATCHDOG_PID_PREFIX, i32::MAX);
+        let end = buf.iter().position(|&b| b == 0).unwrap();
+        assert_eq!(&buf[..end], b"WATCHDOG_PID=2147483647");
     }
 
     #[test]

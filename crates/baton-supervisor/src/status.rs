@@ -1,6 +1,7 @@
 //! What baton reports about itself: listeners, generations with what each
-//! costs (CPU, memory, threads, descriptors), the reload history and the
-//! counters. The same value answers `baton ctl status` and `GET /status`,
+//! costs (CPU, memory, threads, descriptors) and whether it is stopped or
+//! silent, processes that escaped their generation, the guardian, the
+//! reload history and the counters. The same value answers `baton ctl status` and `GET /status`,
 //! and feeds the Prometheus metrics.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -31,6 +32,34 @@ pub struct Status {
     pub reloads: Vec<ReloadRecord>,
     /// Counters since baton started.
     pub counters: Counters,
+    /// baton's children that belong to no generation (adopted as a
+    /// subreaper: a worker's `setsid` daemon, say), at the last sample.
+    #[serde(default)]
+    pub escaped: Vec<EscapedProcess>,
+    /// The guardian, if baton runs with one.
+    #[serde(default)]
+    pub guardian: Option<GuardianStatus>,
+}
+
+/// A process baton adopted that is in no generation's process group: it
+/// may hold a listening socket, and baton stops it when it exits.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct EscapedProcess {
+    /// Its pid.
+    pub pid: i32,
+    /// Its process group.
+    pub pgid: i32,
+    /// Its command line, spaces between the arguments.
+    pub command: String,
+}
+
+/// The guardian process (see [`crate::guardian`]).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct GuardianStatus {
+    /// Its pid; none while a replacement could not be started.
+    pub pid: Option<i32>,
+    /// How many times it was replaced.
+    pub restarts: u32,
 }
 
 /// One listening socket.
@@ -43,6 +72,39 @@ pub struct ListenerStatus {
     /// The accept queue length baton bound it with; `None` (`null`) for a
     /// socket baton inherited, whose backlog it did not set.
     pub backlog: Option<i32>,
+    /// Whether it still listens where it should.
+    #[serde(default)]
+    pub health: ListenerHealth,
+    /// What is wrong with it while it is broken.
+    #[serde(default)]
+    pub problem: Option<String>,
+    /// How often baton repaired it (a worker shut it down, its socket file
+    /// went away).
+    #[serde(default)]
+    pub repairs: u64,
+}
+
+/// Whether a listener still listens where it should.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerHealth {
+    /// It listens at its address.
+    Ok,
+    /// It does not, and baton could not repair it yet (it tries every second).
+    Broken,
+    /// Not checked: not a stream socket, or a baton too old to check.
+    #[default]
+    Unchecked,
+}
+
+impl std::fmt::Display for ListenerHealth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ListenerHealth::Ok => "ok",
+            ListenerHealth::Broken => "broken",
+            ListenerHealth::Unchecked => "unchecked",
+        })
+    }
 }
 
 /// One generation and what it costs, summed over its process group.
@@ -58,6 +120,9 @@ pub struct GenerationStatus {
     pub started_at: f64,
     /// Spawn to ready, once ready.
     pub ready_ms: Option<u64>,
+    /// It missed its watchdog deadline (no `WATCHDOG=1` since).
+    #[serde(default)]
+    pub silent: bool,
     /// What its process group cost at the last sample (zero before one).
     #[serde(flatten)]
     pub usage: Usage,
@@ -73,6 +138,9 @@ pub enum Trigger {
     Ctl,
     /// A watched file changed.
     Watch,
+    /// baton bound a listener anew (a worker had broken it) and hands it
+    /// to a new generation.
+    Listener,
 }
 
 impl std::fmt::Display for Trigger {
@@ -81,6 +149,7 @@ impl std::fmt::Display for Trigger {
             Trigger::Signal => "signal",
             Trigger::Ctl => "ctl",
             Trigger::Watch => "watch",
+            Trigger::Listener => "listener",
         })
     }
 }
@@ -106,6 +175,12 @@ pub struct ReloadRecord {
     pub trigger: Trigger,
     /// When, in seconds since the Unix epoch.
     pub requested_at: f64,
+    /// When the generation answering it was spawned, if one was.
+    #[serde(default)]
+    pub spawned_at: Option<f64>,
+    /// When it ended: the new generation ready, or the failure.
+    #[serde(default)]
+    pub finished_at: Option<f64>,
     /// How it ended.
     pub outcome: Outcome,
     /// The generation it started (none if it failed before one started).
@@ -161,6 +236,10 @@ pub struct Usage {
     pub open_fds: u64,
     /// Established TCP connections it still holds (sampled while draining).
     pub connections: Option<u64>,
+    /// Processes of the group that are stopped (state `T`: SIGSTOP, a
+    /// debugger): they neither serve nor drain.
+    #[serde(default)]
+    pub stopped: u32,
 }
 
 /// Samples the cost of worker process groups: CPU and memory from
@@ -192,7 +271,7 @@ impl Sampler {
         groups: &[i32],
         with_connections: &HashSet<i32>,
     ) -> HashMap<i32, Usage> {
-        let members = group_members(groups);
+        let (members, stopped) = group_members(groups);
         let pids: Vec<Pid> = members
             .values()
             .flatten()
@@ -222,6 +301,7 @@ impl Sampler {
         for (&pgid, pids) in &members {
             let mut u = Usage {
                 processes: pids.len() as u32,
+                stopped: stopped.get(&pgid).copied().unwrap_or(0),
                 ..Usage::default()
             };
             let mut connections = 0;
@@ -247,12 +327,14 @@ impl Sampler {
     }
 }
 
-/// The live (not zombie) members of each process group.
-fn group_members(groups: &[i32]) -> BTreeMap<i32, Vec<i32>> {
+/// The live (not zombie) members of each process group, and how many of
+/// them are stopped.
+fn group_members(groups: &[i32]) -> (BTreeMap<i32, Vec<i32>>, HashMap<i32, u32>) {
     let wanted: HashSet<i32> = groups.iter().copied().collect();
     let mut members: BTreeMap<i32, Vec<i32>> = groups.iter().map(|&g| (g, Vec::new())).collect();
+    let mut stopped = HashMap::new();
     let Ok(entries) = std::fs::read_dir("/proc") else {
-        return members;
+        return (members, stopped);
     };
     for pid in entries.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok()) {
         let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
@@ -270,9 +352,12 @@ fn group_members(groups: &[i32]) -> BTreeMap<i32, Vec<i32>> {
             && state != "X"
         {
             members.entry(pgrp).or_default().push(pid);
+            if state == "T" || state == "t" {
+                *stopped.entry(pgrp).or_default() += 1;
+            }
         }
     }
-    members
+    (members, stopped)
 }
 
 fn threads(pid: i32) -> u64 {
@@ -368,6 +453,32 @@ mod tests {
     }
 
     #[test]
+    fn a_stopped_member_is_counted() {
+        use std::os::unix::process::CommandExt;
+        let mut child = std::process::Command::new("sleep")
+            .arg("60")
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let pgid = child.id() as i32;
+        let stop = |signal| nix::sys::signal::kill(nix::unistd::Pid::from_raw(pgid), signal);
+        stop(nix::sys::signal::Signal::SIGSTOP).unwrap();
+        let mut sampler = Sampler::new().expect("sysinfo");
+        let mut stopped = 0;
+        // The stop is asynchronous: look until it shows (or for 10 s).
+        for _ in 0..500 {
+            stopped = sampler.sample(&[pgid], &HashSet::new())[&pgid].stopped;
+            if stopped == 1 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        stop(nix::sys::signal::Signal::SIGKILL).unwrap();
+        child.wait().unwrap();
+        assert_eq!(stopped, 1);
+    }
+
+    #[test]
     fn status_round_trips_through_json() {
         let status = Status {
             version: "1".into(),
@@ -375,6 +486,8 @@ mod tests {
                 id: 1,
                 trigger: Trigger::Ctl,
                 requested_at: 1.0,
+                spawned_at: Some(1.5),
+                finished_at: Some(3.5),
                 outcome: Outcome::Failed,
                 generation: Some(2),
                 previous: Some(1),

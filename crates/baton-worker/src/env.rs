@@ -39,7 +39,7 @@ impl From<ActivationError> for Error {
 /// not `my_pid`: we inherited the variables from a parent that was the
 /// addressee) give an empty list. `SERVER_STARTER_PORT` is read only when
 /// `LISTEN_FDS` is absent.
-pub(crate) fn plan(
+pub(crate) fn inherited_sockets(
     lookup: impl Fn(&str) -> Option<OsString>,
     my_pid: u32,
 ) -> Result<Vec<(RawFd, String)>, Error> {
@@ -119,11 +119,11 @@ mod tests {
 
     fn plan_of(vars: &[(String, String)], pid: u32) -> Result<Vec<(RawFd, String)>, Error> {
         let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (&**k, &**v)).collect();
-        plan(env(&vars), pid)
+        inherited_sockets(env(&vars), pid)
     }
 
     fn starter(value: &str) -> Result<Vec<(RawFd, String)>, Error> {
-        plan(env(&[("SERVER_STARTER_PORT", value)]), 1)
+        inherited_sockets(env(&[("SERVER_STARTER_PORT", value)]), 1)
     }
 
     fn owned(plan: &[(RawFd, &str)]) -> Vec<(RawFd, String)> {
@@ -135,7 +135,7 @@ mod tests {
 
     #[test]
     fn nothing_set_is_empty() {
-        assert_eq!(plan(env(&[]), 42).unwrap(), vec![]);
+        assert_eq!(inherited_sockets(env(&[]), 42).unwrap(), vec![]);
     }
 
     #[test]

@@ -10,7 +10,8 @@
 //!
 //! - [`listeners`] takes the inherited sockets (systemd's protocol, or
 //!   Server::Starter's `SERVER_STARTER_PORT`).
-//! - [`notify_ready`] / [`notify`] speak the sd_notify protocol.
+//! - [`notify_ready`] / [`notify`] speak the sd_notify protocol;
+//!   [`watchdog_interval`] says how often to send `WATCHDOG=1`.
 //! - [`stop_signal`] resolves when SIGTERM, SIGINT or SIGQUIT arrives.
 //! - [`http::serve`] serves hyper services (HTTP/1 and HTTP/2) and drains
 //!   keep-alive connections without the usual race: see its module
@@ -57,5 +58,5 @@ mod signal;
 
 pub use error::Error;
 pub use listen::{Listener, NamedListener, Stream, TokioListener, listeners};
-pub use notify::{notify, notify_ready};
+pub use notify::{notify, notify_ready, watchdog_interval};
 pub use signal::{StopSignal, stop_signal};

@@ -76,7 +76,7 @@ pub struct NamedListener {
 /// # Ok(()) }
 /// ```
 pub fn listeners() -> Result<Vec<NamedListener>, Error> {
-    let plan = env::plan(|name| std::env::var_os(name), std::process::id())?;
+    let plan = env::inherited_sockets(|name| std::env::var_os(name), std::process::id())?;
     if plan.is_empty() {
         return Ok(Vec::new());
     }

@@ -3,6 +3,7 @@
 //! same code the supervisor uses towards systemd).
 
 use std::io;
+use std::time::Duration;
 
 use baton_sd::{Notifier, NotifyError};
 
@@ -35,6 +36,15 @@ pub fn notify(state: &str) -> Result<(), Error> {
         None => Ok(()),
         Some(notifier) => notifier.send(state).map_err(|e| error(state, e)),
     }
+}
+
+/// The watchdog interval the supervisor asks of this process
+/// (`WATCHDOG_USEC`, when `WATCHDOG_PID` is unset or this process's pid),
+/// as `sd_watchdog_enabled(3)` reads it. Send `WATCHDOG=1` with [`notify`]
+/// about twice per interval while the process is healthy; a supervisor
+/// that hears none within it replaces the process.
+pub fn watchdog_interval() -> Option<Duration> {
+    baton_sd::watchdog_interval(|name| std::env::var_os(name), std::process::id())
 }
 
 /// Sends `state` to the socket `socket` names (a path or `@abstract`).

@@ -71,7 +71,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// A socket to listen on: [NAME=]SPEC with SPEC one of HOST:PORT, :PORT
-    /// (all interfaces), [::1]:PORT, tcp://HOST:PORT, unix:/path. Repeatable;
+    /// (all interfaces), [::1]:PORT, tcp://HOST:PORT, unix:/path,
+    /// udp://HOST:PORT (a datagram socket). Repeatable;
     /// workers get them at fds 3, 4, … in this order.
     #[arg(long = "listen", short = 'l', value_name = "[NAME=]SPEC", value_parser = parse_listener)]
     pub listen: Vec<String>,
@@ -82,8 +83,10 @@ pub struct RunArgs {
     #[arg(long, value_name = "MODE", value_parser = parse_mode)]
     pub unix_mode: Option<u32>,
     /// When a new worker counts as ready: `notify` (it sends READY=1 to
-    /// NOTIFY_SOCKET) or `delay=DURATION` (still alive after it).
-    #[arg(long, value_name = "notify|delay=DURATION", value_parser = parse_readiness)]
+    /// NOTIFY_SOCKET), `delay=DURATION` (still alive after it) or `auto`
+    /// (one of its processes waits on a socket baton handed it, as the
+    /// kernel shows; READY=1 alone does not count).
+    #[arg(long, value_name = "notify|auto|delay=DURATION", value_parser = parse_readiness)]
     pub ready: Option<Readiness>,
     /// How long a new worker may take to become ready.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
@@ -97,6 +100,14 @@ pub struct RunArgs {
     /// The most generations draining at once; a reload beyond it kills the oldest.
     #[arg(long, value_name = "N", value_parser = parse_count::<NonZeroUsize>)]
     pub max_draining: Option<NonZeroUsize>,
+    /// Ask workers for sd_notify watchdog pings (WATCHDOG_USEC): an active
+    /// worker that sends no WATCHDOG=1 for this long is replaced; 0 turns it off.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub watchdog: Option<Duration>,
+    /// Give up and exit 1 after this many failed starts in a row while no
+    /// worker was ever ready; after one was, failures are only backed off.
+    #[arg(long, value_name = "N", value_parser = parse_count::<NonZeroU32>)]
+    pub start_limit: Option<NonZeroU32>,
     /// This baton's name, for its control socket [default: the command's file name].
     #[arg(long, value_name = "NAME", value_parser = parse_name)]
     pub name: Option<String>,
@@ -108,7 +119,8 @@ pub struct RunArgs {
     /// anyway (root excepted).
     #[arg(long, value_name = "MODE", value_parser = parse_mode)]
     pub control_mode: Option<u32>,
-    /// Serve GET /metrics (Prometheus) and GET /status on this address.
+    /// Serve the status page (GET /), GET /metrics (Prometheus) and
+    /// GET /status on this address.
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,
     /// Watch these files or directories (recursively) and reload when they
@@ -133,6 +145,11 @@ pub struct RunArgs {
     /// it. SIGHUP and `ctl reload` never wait.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub min_interval: Option<Duration>,
+    /// Forward this signal, as baton gets it, to the active generation's
+    /// leader (USR1 always is); repeatable or comma-separated, e.g. USR2
+    /// for a server that upgrades itself on it. Otherwise baton ignores it.
+    #[arg(long, value_name = "SIGNAL", value_delimiter = ',', value_parser = parse_forward_signal)]
+    pub forward_signal: Vec<i32>,
     /// The worker's command and its arguments.
     // Required, but checked by hand rather than by clap: clap's "required"
     // error spans lines, and the config file may give the command instead.
@@ -257,6 +274,7 @@ pub fn format_duration(duration: Duration) -> String {
 pub fn format_readiness(readiness: Readiness) -> String {
     match readiness {
         Readiness::Notify => "notify".to_owned(),
+        Readiness::Auto => "auto".to_owned(),
         Readiness::Delay(delay) => format!("delay={}", format_duration(delay)),
     }
 }
@@ -281,12 +299,13 @@ pub fn parse_name(name: &str) -> Result<String, String> {
     }
 }
 
-/// `notify` or `delay=DURATION`.
+/// `notify`, `auto` or `delay=DURATION`.
 pub fn parse_readiness(text: &str) -> Result<Readiness, String> {
     match text.split_once('=') {
         None if text == "notify" => Ok(Readiness::Notify),
+        None if text == "auto" => Ok(Readiness::Auto),
         Some(("delay", delay)) => parse_duration(delay).map(Readiness::Delay),
-        _ => Err("expected `notify` or `delay=DURATION` (e.g. delay=1s)".to_owned()),
+        _ => Err("expected `notify`, `auto` or `delay=DURATION` (e.g. delay=1s)".to_owned()),
     }
 }
 
@@ -310,6 +329,16 @@ pub fn parse_signal(text: &str) -> Result<StopSignal, String> {
             .ok_or_else(|| format!("{} cannot be a stop signal", signal.as_str())),
         None => Err("expected a signal name like TERM, INT, QUIT or USR1".to_owned()),
     }
+}
+
+/// A signal for `--forward-signal`: `USR2`, `SIGWINCH`, `RTMIN+1`.
+pub fn parse_forward_signal(text: &str) -> Result<i32, String> {
+    baton_supervisor::signals::parse_forward(text)
+}
+
+/// Signals as [`parse_forward_signal`] reads them, comma-separated.
+pub fn parse_forward_signals(text: &str) -> Result<Vec<i32>, String> {
+    text.split(',').map(parse_forward_signal).collect()
 }
 
 /// An octal file mode such as `0660`.
@@ -341,6 +370,7 @@ mod tests {
     #[test]
     fn readiness() {
         assert_eq!(parse_readiness("notify"), Ok(Readiness::Notify));
+        assert_eq!(parse_readiness("auto"), Ok(Readiness::Auto));
         assert_eq!(
             parse_readiness("delay=250ms"),
             Ok(Readiness::Delay(Duration::from_millis(250)))
@@ -390,6 +420,7 @@ mod tests {
         assert_eq!(format_duration(Duration::from_millis(1500)), "1s 500ms");
         for readiness in [
             Readiness::Notify,
+            Readiness::Auto,
             Readiness::Delay(Duration::from_secs(1)),
             Readiness::Delay(Duration::from_millis(2500)),
         ] {

@@ -20,10 +20,10 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use baton_supervisor::driver::{Blueprint, DevSettings};
+use baton_supervisor::fswatch::{DEFAULT_DEBOUNCE, WatchSettings};
 use baton_supervisor::listeners::{self, BindOptions, ListenerSpec};
 use baton_supervisor::machine::{Readiness, Settings, StopSignal};
 use baton_supervisor::spawn::WorkerCommand;
-use baton_supervisor::watch::{DEFAULT_DEBOUNCE, WatchSettings};
 use serde::{Deserialize, Deserializer};
 
 use crate::cli::{self, RunArgs};
@@ -52,6 +52,10 @@ pub struct FileConfig {
     drain_timeout: Option<Duration>,
     #[serde(default, deserialize_with = "count")]
     max_draining: Option<NonZeroUsize>,
+    #[serde(default, deserialize_with = "duration")]
+    watchdog: Option<Duration>,
+    #[serde(default, deserialize_with = "count")]
+    start_limit: Option<NonZeroU32>,
     #[serde(default, deserialize_with = "name")]
     name: Option<String>,
     control: Option<PathBuf>,
@@ -69,6 +73,8 @@ pub struct FileConfig {
     build: Option<String>,
     #[serde(default, deserialize_with = "duration")]
     min_interval: Option<Duration>,
+    #[serde(default, deserialize_with = "forward_signal")]
+    forward_signal: Vec<i32>,
 }
 
 /// The control socket's mode when no flag, variable or file sets it.
@@ -80,7 +86,7 @@ pub const DEFAULT_MIN_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Each `baton run` option with a fixed default (by its id), and that
 /// default as it would be written on the command line.
-pub fn defaults() -> [(&'static str, String); 9] {
+pub fn defaults() -> [(&'static str, String); 10] {
     let settings = Settings::default();
     [
         ("backlog", BindOptions::default().backlog.to_string()),
@@ -95,6 +101,7 @@ pub fn defaults() -> [(&'static str, String); 9] {
             cli::format_duration(settings.drain_timeout),
         ),
         ("max_draining", settings.max_draining.to_string()),
+        ("start_limit", settings.start_limit.to_string()),
         ("control_mode", format!("{DEFAULT_CONTROL_MODE:04o}")),
         ("debounce", cli::format_duration(DEFAULT_DEBOUNCE)),
         ("min_interval", cli::format_duration(DEFAULT_MIN_INTERVAL)),
@@ -116,6 +123,8 @@ pub struct Resolved {
     pub metrics: Option<SocketAddr>,
     /// The dev loop, when something is watched.
     pub dev: Option<DevSettings>,
+    /// Signals forwarded to the active generation's leader besides USR1.
+    pub forward_signals: Vec<i32>,
 }
 
 /// Why the settings do not resolve.
@@ -257,6 +266,16 @@ pub fn resolve(
             .max_draining
             .or(file.max_draining)
             .unwrap_or(defaults.max_draining),
+        // `0` turns it off, whichever layer says so.
+        watchdog: args
+            .watchdog
+            .or(file.watchdog)
+            .or(defaults.watchdog)
+            .filter(|interval| !interval.is_zero()),
+        start_limit: args
+            .start_limit
+            .or(file.start_limit)
+            .unwrap_or(defaults.start_limit),
         ..defaults
     };
     let bind = BindOptions::default();
@@ -289,6 +308,11 @@ pub fn resolve(
             .or(file.control_mode)
             .unwrap_or(DEFAULT_CONTROL_MODE),
         metrics: args.metrics.or(file.metrics),
+        forward_signals: if args.forward_signal.is_empty() {
+            file.forward_signal
+        } else {
+            args.forward_signal.clone()
+        },
     })
 }
 
@@ -381,6 +405,10 @@ pub fn render(resolved: &Resolved) -> String {
         cli::format_duration(s.drain_timeout)
     ));
     out.push(format!("max_draining = {}", s.max_draining));
+    if let Some(interval) = s.watchdog {
+        out.push(format!("watchdog = {}", cli::format_duration(interval)));
+    }
+    out.push(format!("start_limit = {}", s.start_limit));
     out.push(format!("name = {}", resolved.name));
     out.push(match &resolved.control {
         Some(path) => format!("control = {}", path.display()),
@@ -389,6 +417,12 @@ pub fn render(resolved: &Resolved) -> String {
     out.push(format!("control_mode = {:04o}", resolved.control_mode));
     if let Some(addr) = resolved.metrics {
         out.push(format!("metrics = {addr}"));
+    }
+    for &signal in &resolved.forward_signals {
+        out.push(format!(
+            "forward_signal = {}",
+            baton_supervisor::signals::name(signal)
+        ));
     }
     if let Some(dev) = &resolved.dev {
         for path in &dev.watch.paths {
@@ -455,6 +489,13 @@ where
         .map_err(serde::de::Error::custom)
 }
 
+fn forward_signal<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<i32>, D::Error> {
+    Vec::<String>::deserialize(d)?
+        .iter()
+        .map(|name| cli::parse_forward_signal(name).map_err(serde::de::Error::custom))
+        .collect()
+}
+
 fn listen<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     let specs = Vec::<String>::deserialize(d)?;
     for spec in &specs {
@@ -494,6 +535,28 @@ mod tests {
         assert_eq!(r.name, "app");
         assert_eq!(r.blueprint.env, vec![("A".into(), "1".into())]);
         assert_eq!(r.blueprint.listeners[0].name, "http");
+    }
+
+    #[test]
+    fn forwarded_signals_come_from_the_flag_else_the_file() {
+        use nix::sys::signal::Signal;
+        let text = "command = [\"app\"]\nlisten = [\":8080\"]\nforward_signal = [\"USR2\", \"SIGWINCH\"]\n";
+        let r = resolve(&run_args(&[]), Some(file(text).unwrap()), false).unwrap();
+        assert_eq!(
+            r.forward_signals,
+            [Signal::SIGUSR2 as i32, Signal::SIGWINCH as i32]
+        );
+        assert!(render(&r).contains("forward_signal = SIGUSR2\nforward_signal = SIGWINCH"));
+        let args = run_args(&["--forward-signal", "TTIN"]);
+        let r = resolve(&args, Some(file(text).unwrap()), false).unwrap();
+        assert_eq!(r.forward_signals, [Signal::SIGTTIN as i32]);
+        let err = file("forward_signal = [\"TERM\"]\n").unwrap_err();
+        assert!(
+            err.starts_with(
+                "baton.toml: line 1, key `forward_signal`: SIGTERM acts on baton itself"
+            ),
+            "{err}"
+        );
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 
 use baton_supervisor::control::Response;
-use baton_supervisor::status::{Outcome, ReloadRecord, Status};
+use baton_supervisor::status::{GenerationStatus, Outcome, ReloadRecord, Status};
 
 /// The text for a response.
 pub fn render(response: &Response) -> String {
@@ -63,7 +63,14 @@ fn status_table(out: &mut String, s: &Status) {
     for l in &s.listeners {
         // Unknown for a socket baton inherited: it never set the backlog.
         let backlog = l.backlog.map_or("?".into(), |b| b.to_string());
-        let _ = writeln!(out, "  {:<12} {:<32} backlog {backlog}", l.name, l.address);
+        let _ = writeln!(
+            out,
+            "  {:<12} {:<32} {:<9} backlog {backlog}",
+            l.name, l.address, l.health
+        );
+        if let Some(problem) = &l.problem {
+            let _ = writeln!(out, "    {problem}");
+        }
     }
     let _ = writeln!(
         out,
@@ -73,7 +80,7 @@ fn status_table(out: &mut String, s: &Status) {
     for g in &s.generations {
         let _ = writeln!(
             out,
-            "{:<5} {:>8} {:<9} {:>9} {:>6.1} {:>8.2}s {:>7.1}M {:>5} {:>5} {:>6}",
+            "{:<5} {:>8} {:<9} {:>9} {:>6.1} {:>8.2}s {:>7.1}M {:>5} {:>5} {:>6}{}",
             g.generation,
             g.pid.map_or("-".into(), |p| p.to_string()),
             g.state,
@@ -84,6 +91,24 @@ fn status_table(out: &mut String, s: &Status) {
             g.usage.threads,
             g.usage.open_fds,
             g.usage.connections.map_or("-".into(), |c| c.to_string()),
+            faults(g),
+        );
+    }
+    if !s.escaped.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nESCAPED (adopted, in no generation; stopped when baton exits)"
+        );
+        for p in &s.escaped {
+            let _ = writeln!(out, "  pid {:<8} pgid {:<8} {}", p.pid, p.pgid, p.command);
+        }
+    }
+    if let Some(guardian) = &s.guardian {
+        let pid = guardian.pid.map_or("none".into(), |p| p.to_string());
+        let _ = writeln!(
+            out,
+            "\nguardian pid {pid}, replaced {} times",
+            guardian.restarts
         );
     }
     let c = &s.counters;
@@ -105,10 +130,63 @@ fn status_table(out: &mut String, s: &Status) {
     }
 }
 
+/// What is wrong with a generation's processes, for the end of its row.
+fn faults(g: &GenerationStatus) -> String {
+    let mut faults = Vec::new();
+    if g.silent {
+        faults.push("silent: missed its watchdog".to_owned());
+    }
+    if g.usage.stopped > 0 {
+        faults.push(format!("{} stopped", g.usage.stopped));
+    }
+    if faults.is_empty() {
+        String::new()
+    } else {
+        format!("  ({})", faults.join(", "))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use baton_supervisor::status::ListenerStatus;
+    use baton_supervisor::status::{EscapedProcess, GuardianStatus, ListenerStatus, Usage};
+
+    #[test]
+    fn stopped_silent_and_escaped_processes_and_the_guardian_show() {
+        let status = Status {
+            generations: vec![GenerationStatus {
+                generation: 3,
+                state: "active".into(),
+                silent: true,
+                usage: Usage {
+                    stopped: 1,
+                    ..Usage::default()
+                },
+                ..GenerationStatus::default()
+            }],
+            escaped: vec![EscapedProcess {
+                pid: 42,
+                pgid: 42,
+                command: "daemon --forever".into(),
+            }],
+            guardian: Some(GuardianStatus {
+                pid: Some(7),
+                restarts: 1,
+            }),
+            ..Status::default()
+        };
+        let mut out = String::new();
+        status_table(&mut out, &status);
+        assert!(
+            out.contains("  (silent: missed its watchdog, 1 stopped)"),
+            "{out}"
+        );
+        assert!(
+            out.contains("pid 42       pgid 42       daemon --forever"),
+            "{out}"
+        );
+        assert!(out.contains("guardian pid 7, replaced 1 times"), "{out}");
+    }
 
     #[test]
     fn an_unknown_backlog_shows_as_a_question_mark() {
@@ -116,6 +194,7 @@ mod tests {
             name: name.into(),
             address: "127.0.0.1:8080".into(),
             backlog,
+            ..ListenerStatus::default()
         };
         let status = Status {
             listeners: vec![listener("bound", Some(1024)), listener("inherited", None)],

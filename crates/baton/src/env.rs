@@ -3,7 +3,7 @@
 //!
 //! Each setting of `baton run` that the file has, except the command and
 //! the lists (`listen`, `watch`, `ignore`, `ext`), may come from
-//! `BATON_<KEY>`: `ready_timeout` from `BATON_READY_TIMEOUT`. They are read
+//! `BATON_<KEY>` (`forward_signal`, a list, comma-separated): `ready_timeout` from `BATON_READY_TIMEOUT`. They are read
 //! once, at start; a reload re-reads the file only. baton reads them itself
 //! rather than through clap's `env`, for two reasons: an error names the
 //! variable, not a flag the user never gave, and an empty variable counts
@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use crate::cli::{self, RunArgs};
 
 /// The config-file keys that have a variable, in `baton run --help` order.
-pub const KEYS: [&str; 14] = [
+pub const KEYS: [&str; 17] = [
     "backlog",
     "unix_mode",
     "ready",
@@ -24,6 +24,8 @@ pub const KEYS: [&str; 14] = [
     "stop_signal",
     "drain_timeout",
     "max_draining",
+    "watchdog",
+    "start_limit",
     "name",
     "control",
     "control_mode",
@@ -31,6 +33,7 @@ pub const KEYS: [&str; 14] = [
     "debounce",
     "build",
     "min_interval",
+    "forward_signal",
 ];
 
 /// The variable of a key: `BATON_` and the key in capitals.
@@ -66,6 +69,8 @@ pub fn fill(args: &mut RunArgs, lookup: impl Fn(&str) -> Option<OsString>) -> Re
         cli::parse_duration,
     )?;
     vars.fill(&mut args.max_draining, "max_draining", cli::parse_count)?;
+    vars.fill(&mut args.watchdog, "watchdog", cli::parse_duration)?;
+    vars.fill(&mut args.start_limit, "start_limit", cli::parse_count)?;
     vars.fill(&mut args.name, "name", cli::parse_name)?;
     if args.control.is_none() {
         // A path need not be UTF-8.
@@ -78,6 +83,11 @@ pub fn fill(args: &mut RunArgs, lookup: impl Fn(&str) -> Option<OsString>) -> Re
     vars.fill(&mut args.debounce, "debounce", cli::parse_duration)?;
     vars.fill(&mut args.build, "build", |text| Ok(text.to_owned()))?;
     vars.fill(&mut args.min_interval, "min_interval", cli::parse_duration)?;
+    let mut forward = None;
+    vars.fill(&mut forward, "forward_signal", cli::parse_forward_signals)?;
+    if args.forward_signal.is_empty() {
+        args.forward_signal = forward.unwrap_or_default();
+    }
     Ok(())
 }
 
@@ -143,6 +153,8 @@ mod tests {
             ("BATON_STOP_SIGNAL", "QUIT"),
             ("BATON_DRAIN_TIMEOUT", "6s"),
             ("BATON_MAX_DRAINING", "2"),
+            ("BATON_WATCHDOG", "10s"),
+            ("BATON_START_LIMIT", "3"),
             ("BATON_NAME", "app"),
             ("BATON_CONTROL", "/run/app.sock"),
             ("BATON_CONTROL_MODE", "0660"),
@@ -150,6 +162,7 @@ mod tests {
             ("BATON_DEBOUNCE", "50ms"),
             ("BATON_BUILD", "make"),
             ("BATON_MIN_INTERVAL", "2s"),
+            ("BATON_FORWARD_SIGNAL", "USR2,WINCH"),
         ]);
         let asked = RefCell::new(Vec::new());
         let mut args = run_args(&["--config", "baton.toml"]);
@@ -164,6 +177,11 @@ mod tests {
         assert!(!debug.contains("None"), "an option left unfilled: {debug}");
         assert_eq!(args.ready_timeout, Some(Duration::from_secs(5)));
         assert_eq!(args.control, Some(PathBuf::from("/run/app.sock")));
+        use nix::sys::signal::Signal;
+        assert_eq!(
+            args.forward_signal,
+            [Signal::SIGUSR2 as i32, Signal::SIGWINCH as i32]
+        );
     }
 
     #[test]

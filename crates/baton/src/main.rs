@@ -14,6 +14,8 @@ use baton_supervisor::control;
 use baton_supervisor::driver::{Config, Driver, Reloader};
 use baton_supervisor::guardian::Guardian;
 use baton_supervisor::listeners;
+use baton_supervisor::runtime_dir::{self, RuntimeDir};
+use baton_supervisor::signals::SignalTable;
 use baton_supervisor::spawn::resolve_program;
 use baton_supervisor::systemd::SystemdNotifier;
 use clap::Parser;
@@ -26,6 +28,11 @@ use crate::cli::{CheckArgs, Cli, Command, CtlAction, CtlArgs, LogFormat, ManArgs
 use crate::config::ConfigError;
 
 fn main() -> ExitCode {
+    // baton's guardian is this binary under another name: it must do
+    // nothing else (no argument parsing, no logging set-up).
+    if baton_supervisor::guardian::is_guardian() {
+        baton_supervisor::guardian::serve();
+    }
     let cli = cli::parse();
     init_logging(cli.log_format, &cli.log_level);
     let result = match cli.command {
@@ -145,6 +152,9 @@ fn run(mut args: RunArgs) -> anyhow::Result<()> {
     if let Some((_, path)) = &control {
         tracing::info!(path = %path.display(), "control socket");
     }
+    // Leftovers of batons that are gone go first; then this baton's own.
+    let runtime = RuntimeDir::claim(&runtime_dir::base(), &resolved.name)?;
+    tracing::info!(path = %runtime.path().display(), "runtime directory");
     let metrics = resolved
         .metrics
         .map(|addr| {
@@ -171,8 +181,10 @@ fn run(mut args: RunArgs) -> anyhow::Result<()> {
         reloader,
         systemd,
         dev: resolved.dev,
+        runtime,
+        signals: SignalTable::new(&resolved.forward_signals),
     };
-    // Forked while baton has one thread: before the runtime exists.
+    // Before the runtime, so that no worker can exist unguarded.
     let guardian = Guardian::start().context("cannot start the guardian process")?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

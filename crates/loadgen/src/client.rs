@@ -21,7 +21,7 @@ use crate::progress::Progress;
 use crate::report::Recorder;
 
 /// What every client task of a load does, fixed at start.
-pub(crate) struct Plan {
+pub(crate) struct Workload {
     pub(crate) target: Target,
     pub(crate) uri: Uri,
     pub(crate) host: HeaderValue,
@@ -36,7 +36,7 @@ pub(crate) struct Plan {
     pub(crate) bucket: Duration,
 }
 
-impl Plan {
+impl Workload {
     fn request(&self) -> Request<Empty<Bytes>> {
         let mut request = Request::new(Empty::new());
         *request.uri_mut() = self.uri.clone();
@@ -68,7 +68,7 @@ impl Drop for EndGuard<'_> {
 /// Runs client number `index` of `clients` until the load stops, the
 /// deadline passes or the request cap is reached.
 pub(crate) async fn run(
-    plan: Arc<Plan>,
+    plan: Arc<Workload>,
     progress: Arc<Progress>,
     index: usize,
     clients: usize,
@@ -138,7 +138,10 @@ pub(crate) async fn run(
 
 /// Sends one request and reads its whole response. Ok carries the tracked
 /// header's value.
-async fn one_request(plan: &Plan, slot: &mut Option<Conn>) -> Result<Option<HeaderValue>, Failure> {
+async fn one_request(
+    plan: &Workload,
+    slot: &mut Option<Conn>,
+) -> Result<Option<HeaderValue>, Failure> {
     if let Some(conn) = slot.as_mut()
         && conn.sender.ready().await.is_err()
     {

@@ -7,7 +7,7 @@ use hyper::Uri;
 use hyper::header::HeaderValue;
 use tokio::task::JoinHandle;
 
-use crate::client::{self, Plan};
+use crate::client::{self, Workload};
 use crate::config::{Config, ConfigError, Target};
 use crate::progress::{Progress, Snapshot};
 use crate::report::{self, Recorder, Report};
@@ -47,7 +47,7 @@ impl Load {
             Target::Unix(_) => HeaderValue::from_static("localhost"),
         };
         let start = Instant::now();
-        let plan = Arc::new(Plan {
+        let plan = Arc::new(Workload {
             target: config.target,
             uri,
             host,

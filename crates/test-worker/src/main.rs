@@ -4,28 +4,38 @@
 //! Server::Starter) through `baton_worker`, or binds `--bind` itself, says
 //! `READY=1`, serves, and drains on SIGTERM. Knobs make it misbehave:
 //! start slowly, never get ready, exit at once, ignore the stop signal,
-//! crash, answer slowly, leave a child behind. With `--from-gen N` the
-//! knobs apply only to generations `>= N` (`BATON_GENERATION`; 0 when
-//! unset), so one command line can make only later generations misbehave.
+//! crash, answer slowly, leave a child behind, shut the shared listener
+//! down, start a daemon that escapes its process group, fall silent towards
+//! the watchdog. With `WATCHDOG_USEC` set it sends `WATCHDOG=1` every half
+//! interval once ready. With `--from-gen N` the knobs apply only to
+//! generations `>= N` (`BATON_GENERATION`; 0 when unset), with `--to-gen N`
+//! only to those `<= N`, so one command line can make only some
+//! generations misbehave.
 //!
 //! Lines on stderr (one event each, `P` = this process's pid):
 //!
 //! ```text
 //! test-worker pid=P generation=G listening=ADDR[,ADDR...]
 //! test-worker pid=P fork-child pid=C
+//! test-worker pid=P setsid-daemon pid=D
 //! test-worker pid=P exit-at-start code=N
 //! test-worker pid=P never-ready
 //! test-worker pid=P ready
+//! test-worker pid=P watchdog interval_ms=I
+//! test-worker pid=P watchdog silent after=N
 //! test-worker pid=P stop signal=SIGTERM draining|ignored
 //! test-worker pid=P crash-after requests=N
 //! test-worker pid=P crashing
 //! test-worker pid=P drained
+//! test-worker pid=P shutdown-listener how=rd|rdwr fd=N
+//! test-worker pid=P signal=SIGUSR1
 //! test-worker pid=P error: MESSAGE
 //! ```
 //!
 //! `ADDR` is `host:port` for TCP, `unix:PATH` for a unix socket.
 
 use std::convert::Infallible;
+use std::os::fd::AsRawFd;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -42,6 +52,8 @@ use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use tokio_util::sync::CancellationToken;
+
+mod children;
 
 /// One line to stderr in a single write: baton's own log lines share the
 /// pipe, and `eprintln!` may write a line in pieces that interleave.
@@ -87,6 +99,18 @@ struct Args {
     #[arg(long)]
     fork_child: bool,
 
+    /// Start a daemon that escapes this process group (fork, setsid, fork;
+    /// the middle process exits, so the daemon is adopted by the nearest
+    /// subreaper), holding the inherited sockets, ignoring SIGTERM and
+    /// sleeping forever.
+    #[arg(long)]
+    setsid_daemon: bool,
+
+    /// Send WATCHDOG=1 this many times (with WATCHDOG_USEC set), then fall
+    /// silent while still serving.
+    #[arg(long, value_name = "N")]
+    stop_watchdog_after: Option<u64>,
+
     /// Bind this address when no socket is inherited: HOST:PORT (port 0
     /// picks one; the start line tells which), or unix:PATH.
     #[arg(long, value_name = "ADDR")]
@@ -100,6 +124,22 @@ struct Args {
     /// Apply the misbehaviour knobs only when BATON_GENERATION >= N.
     #[arg(long, value_name = "N")]
     from_gen: Option<u64>,
+
+    /// Apply the misbehaviour knobs only when BATON_GENERATION <= N.
+    #[arg(long, value_name = "N")]
+    to_gen: Option<u64>,
+
+    /// Call `shutdown(2)` on the first listening socket right after the
+    /// start line (`rd` or `rdwr`): it stops listening for every process
+    /// that holds it, baton included. A fault for baton to repair.
+    #[arg(long, value_name = "rd|rdwr", value_parser = parse_shutdown)]
+    shutdown_listener: Option<libc::c_int>,
+
+    /// Catch these signals (names like USR1, ALRM; repeatable or
+    /// comma-separated) and log each one instead of dying of it. Not
+    /// gated by --from-gen.
+    #[arg(long, value_name = "SIGNAL", value_delimiter = ',', value_parser = parse_signal)]
+    log_signals: Vec<libc::c_int>,
 
     /// Read this file at startup and answer `GET /answer` with its content
     /// (stands in for "the code" a dev-loop build step produces).
@@ -117,11 +157,16 @@ struct Knobs {
     crash_after: Option<u64>,
     work: Option<Duration>,
     fork_child: bool,
+    setsid_daemon: bool,
+    stop_watchdog_after: Option<u64>,
+    shutdown_listener: Option<libc::c_int>,
 }
 
 impl Knobs {
     fn for_generation(args: &Args, generation: u64) -> Knobs {
-        if args.from_gen.is_some_and(|from| generation < from) {
+        if args.from_gen.is_some_and(|from| generation < from)
+            || args.to_gen.is_some_and(|to| generation > to)
+        {
             return Knobs::default();
         }
         Knobs {
@@ -132,6 +177,9 @@ impl Knobs {
             crash_after: args.crash_after,
             work: args.work,
             fork_child: args.fork_child,
+            setsid_daemon: args.setsid_daemon,
+            stop_watchdog_after: args.stop_watchdog_after,
+            shutdown_listener: args.shutdown_listener,
         }
     }
 }
@@ -189,8 +237,24 @@ fn run(args: Args, startup: Startup) -> anyhow::Result<ExitCode> {
         listening.join(",")
     );
     if knobs.fork_child {
-        let child = fork_child().context("fork")?;
+        let child = children::fork_child().context("fork")?;
         log!("test-worker pid={pid} fork-child pid={child}");
+    }
+    if knobs.setsid_daemon {
+        let daemon = children::setsid_daemon().context("starting the daemon")?;
+        log!("test-worker pid={pid} setsid-daemon pid={daemon}");
+    }
+    if let (Some(how), Some(first)) = (knobs.shutdown_listener, listeners.first()) {
+        let fd = match first {
+            Listener::Tcp(l) => l.as_raw_fd(),
+            Listener::Unix(l) => l.as_raw_fd(),
+        };
+        // SAFETY: shutdown on a descriptor this process holds; no memory is touched.
+        if unsafe { libc::shutdown(fd, how) } != 0 {
+            bail!("shutdown(fd {fd}): {}", std::io::Error::last_os_error());
+        }
+        let how = if how == libc::SHUT_RD { "rd" } else { "rdwr" };
+        log!("test-worker pid={pid} shutdown-listener how={how} fd={fd}");
     }
     if let Some(code) = knobs.exit_at_start {
         log!("test-worker pid={pid} exit-at-start code={code}");
@@ -219,7 +283,10 @@ fn run(args: Args, startup: Startup) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;
-    runtime.block_on(work(app, listeners, args.idle_grace))?;
+    runtime.block_on(async {
+        log_signals(pid, &args.log_signals)?;
+        work(app, listeners, args.idle_grace).await
+    })?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -233,25 +300,60 @@ fn bind(addr: &str) -> anyhow::Result<Listener> {
     Ok(Listener::Tcp(listener))
 }
 
-/// Forks a child that ignores SIGTERM and pauses forever.
-fn fork_child() -> std::io::Result<libc::pid_t> {
-    // SAFETY: no other thread exists yet (the runtime has not started),
-    // and the child only calls async-signal-safe functions (signal, pause)
-    // and never returns into Rust code.
-    let pid = unsafe { libc::fork() };
-    if pid < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    if pid == 0 {
-        // SAFETY: async-signal-safe calls only, in the child of a fork.
-        unsafe {
-            libc::signal(libc::SIGTERM, libc::SIG_IGN);
-            loop {
-                libc::pause();
+/// `--log-signals`: one line per signal received, for as long as the runtime runs.
+fn log_signals(pid: u32, signals: &[libc::c_int]) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    for &number in signals {
+        let mut stream = signal(SignalKind::from_raw(number))
+            .with_context(|| format!("catching signal {number}"))?;
+        let name = signal_name(number);
+        tokio::spawn(async move {
+            while stream.recv().await.is_some() {
+                log!("test-worker pid={pid} signal={name}");
             }
-        }
+        });
     }
-    Ok(pid)
+    Ok(())
+}
+
+/// The signals `--log-signals` knows by name.
+const SIGNALS: [(&str, libc::c_int); 12] = [
+    ("HUP", libc::SIGHUP),
+    ("INT", libc::SIGINT),
+    ("QUIT", libc::SIGQUIT),
+    ("USR1", libc::SIGUSR1),
+    ("USR2", libc::SIGUSR2),
+    ("ALRM", libc::SIGALRM),
+    ("TERM", libc::SIGTERM),
+    ("WINCH", libc::SIGWINCH),
+    ("PWR", libc::SIGPWR),
+    ("VTALRM", libc::SIGVTALRM),
+    ("PROF", libc::SIGPROF),
+    ("IO", libc::SIGIO),
+];
+
+fn parse_signal(text: &str) -> Result<libc::c_int, String> {
+    let name = text.strip_prefix("SIG").unwrap_or(text);
+    SIGNALS
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|&(_, number)| number)
+        .ok_or_else(|| format!("unknown signal {text:?}"))
+}
+
+fn signal_name(number: libc::c_int) -> String {
+    SIGNALS
+        .iter()
+        .find(|&&(_, n)| n == number)
+        .map_or_else(|| number.to_string(), |(name, _)| format!("SIG{name}"))
+}
+
+fn parse_shutdown(text: &str) -> Result<libc::c_int, String> {
+    match text {
+        "rd" => Ok(libc::SHUT_RD),
+        "rdwr" => Ok(libc::SHUT_RDWR),
+        _ => Err("expected rd or rdwr".into()),
+    }
 }
 
 struct App {
@@ -331,6 +433,9 @@ async fn work(app: Arc<App>, listeners: Vec<Listener>, idle_grace: Duration) -> 
     let _ = app.ready_ns.set(monotonic_ns());
     baton_worker::notify_ready()?;
     log!("test-worker pid={pid} ready");
+    if let Some(interval) = baton_worker::watchdog_interval() {
+        tokio::spawn(watchdog(pid, interval, app.knobs.stop_watchdog_after));
+    }
 
     for server in servers {
         server.await.context("serving")?;
@@ -341,6 +446,28 @@ async fn work(app: Arc<App>, listeners: Vec<Listener>, idle_grace: Duration) -> 
     }
     log!("test-worker pid={pid} drained");
     Ok(())
+}
+
+/// Send `WATCHDOG=1` every half interval; after `limit` pings, fall silent.
+async fn watchdog(pid: u32, interval: Duration, limit: Option<u64>) {
+    log!(
+        "test-worker pid={pid} watchdog interval_ms={}",
+        interval.as_millis()
+    );
+    let mut tick = tokio::time::interval(interval / 2);
+    let mut sent = 0;
+    loop {
+        tick.tick().await;
+        if limit.is_some_and(|limit| sent >= limit) {
+            log!("test-worker pid={pid} watchdog silent after={sent}");
+            return;
+        }
+        if let Err(error) = baton_worker::notify("WATCHDOG=1") {
+            log!("test-worker pid={pid} error: {error}");
+            return;
+        }
+        sent += 1;
+    }
 }
 
 async fn handle(
@@ -495,6 +622,17 @@ mod tests {
         assert!(Knobs::for_generation(&args, 3).never_ready);
         let args = Args::parse_from(["test-worker", "--never-ready"]);
         assert!(Knobs::for_generation(&args, 0).never_ready);
+        let args = Args::parse_from([
+            "test-worker",
+            "--never-ready",
+            "--from-gen",
+            "2",
+            "--to-gen",
+            "2",
+        ]);
+        assert!(!Knobs::for_generation(&args, 1).never_ready);
+        assert!(Knobs::for_generation(&args, 2).never_ready);
+        assert!(!Knobs::for_generation(&args, 3).never_ready);
     }
 
     #[test]

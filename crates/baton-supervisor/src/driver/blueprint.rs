@@ -7,6 +7,8 @@ use std::path::PathBuf;
 use crate::devloop::DevSettings;
 use crate::listeners::{BindOptions, Listener, ListenerSpec};
 use crate::machine::Settings;
+use crate::runtime_dir::RuntimeDir;
+use crate::signals::SignalTable;
 use crate::spawn::WorkerCommand;
 use crate::systemd::SystemdNotifier;
 
@@ -58,6 +60,10 @@ pub struct Config {
     pub systemd: SystemdNotifier,
     /// The development loop (`--watch`, `--build`), if asked for.
     pub dev: Option<DevSettings>,
+    /// baton's own directory, for the notify sockets.
+    pub runtime: RuntimeDir,
+    /// What each signal does (which ones are forwarded to workers).
+    pub signals: SignalTable,
 }
 
 impl std::fmt::Debug for Config {

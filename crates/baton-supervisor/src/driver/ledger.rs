@@ -38,6 +38,8 @@ impl ReloadLedger {
             id,
             trigger,
             requested_at: unix_now(),
+            spawned_at: None,
+            finished_at: None,
             outcome: Outcome::Pending,
             generation: None,
             previous: None,
@@ -61,6 +63,7 @@ impl ReloadLedger {
         for &id in ids {
             if let Some(record) = self.record(id) {
                 record.generation = Some(generation);
+                record.spawned_at = Some(unix_now());
             }
         }
     }
@@ -158,6 +161,7 @@ impl ReloadLedger {
                 && record.outcome == Outcome::Pending
             {
                 update(record);
+                record.finished_at = Some(unix_now());
                 done.push(record.clone());
             }
         }
@@ -235,6 +239,12 @@ mod tests {
         assert_eq!(record.previous_exit.as_deref(), Some("exit code 0"));
         assert_eq!(record.drain_ms, Some(40));
         assert_eq!(record.ready_ms, Some(7));
+        let spawned = record.spawned_at.expect("stamped when assigned");
+        let finished = record.finished_at.expect("stamped when complete");
+        assert!(
+            record.requested_at <= spawned && spawned <= finished,
+            "{record:?}"
+        );
     }
 
     #[test]

@@ -203,6 +203,40 @@ impl Observer {
                 tracing::warn!(delay_ms = delay.as_millis(), crashes, "restart scheduled");
                 None
             }
+            Notice::WatchdogMissed {
+                generation,
+                interval,
+                replacement,
+            } => {
+                let pid = pid_of(generation);
+                let interval_ms = interval.as_millis() as u64;
+                match replacement {
+                    Some(replacement) => {
+                        let text = format!(
+                            "generation {generation} (pid {pid}) sent no WATCHDOG=1 within {interval_ms} ms: replacing it"
+                        );
+                        self.tell_systemd(|s| s.status(&text));
+                        tracing::warn!(
+                            generation,
+                            pid,
+                            interval_ms,
+                            replacement,
+                            "watchdog missed: replacing it"
+                        );
+                    }
+                    None => tracing::warn!(generation, pid, interval_ms, "watchdog missed"),
+                }
+                None
+            }
+            Notice::GivingUp {
+                failed_starts,
+                failure,
+            } => {
+                let text = format!("giving up: {failed_starts} starts in a row failed");
+                self.tell_systemd(|s| s.status(&text));
+                tracing::error!(failed_starts, last = %failure, "giving up: no worker was ever ready");
+                None
+            }
             Notice::Draining { generation } => {
                 tracing::info!(generation, pid = pid_of(generation), "draining");
                 None

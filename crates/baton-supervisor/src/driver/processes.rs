@@ -10,8 +10,12 @@
 //! A process group id can be reused once the group is empty and its leader
 //! reaped, so a group is signalled only while the table holds it, and
 //! dropped from the guardian's list the moment it is found empty.
+//!
+//! A guardian that exits is replaced (at most once a second) and told
+//! every group still alive.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::sys::signal::{Signal, killpg};
@@ -21,6 +25,11 @@ use nix::unistd::Pid;
 use crate::guardian::Guardian;
 use crate::machine::{Generation, ProcessExit};
 use crate::spawn::{self, SpawnError, SpawnRequest};
+use crate::status::GuardianStatus;
+
+/// The least time between two starts of a guardian: one that dies at once
+/// is not restarted in a tight loop.
+const GUARDIAN_RESTART_INTERVAL: Duration = Duration::from_secs(1);
 
 /// One generation's process group.
 #[derive(Debug)]
@@ -53,8 +62,12 @@ pub(super) struct ProcessTable {
     build: Option<i32>,
     /// Builds killed for newer changes, not reaped yet.
     cancelled_builds: Vec<i32>,
+    /// The live guardian, if baton runs with one.
     guardian: Option<Guardian>,
-    guardian_reaped: bool,
+    /// Whether baton runs with a guardian (and replaces one that exits).
+    guarded: bool,
+    guardian_started: Instant,
+    guardian_restarts: u32,
 }
 
 impl ProcessTable {
@@ -63,8 +76,10 @@ impl ProcessTable {
             groups: BTreeMap::new(),
             build: None,
             cancelled_builds: Vec::new(),
+            guarded: guardian.is_some(),
             guardian,
-            guardian_reaped: false,
+            guardian_started: Instant::now(),
+            guardian_restarts: 0,
         }
     }
 
@@ -118,6 +133,34 @@ impl ProcessTable {
             .iter()
             .filter(|(_, g)| !g.empty)
             .map(|(&generation, g)| (generation, g.pid))
+    }
+
+    /// Ask a generation to drain: its stop signal, then SIGCONT, as systemd
+    /// does, so that a stopped worker runs and acts on it.
+    pub fn drain(&self, generation: Generation, signal: Signal) {
+        self.signal(generation, signal);
+        self.signal(generation, Signal::SIGCONT);
+    }
+
+    /// Pids and groups of baton's own children that belong to no
+    /// generation: the guardian, the builds.
+    pub fn helpers(&self) -> (HashSet<i32>, HashSet<i32>) {
+        let pids = self.guardian.iter().map(Guardian::pid).collect();
+        let groups = self
+            .build
+            .iter()
+            .chain(&self.cancelled_builds)
+            .copied()
+            .collect();
+        (pids, groups)
+    }
+
+    /// The guardian, for `status`.
+    pub fn guardian(&self) -> Option<GuardianStatus> {
+        self.guarded.then(|| GuardianStatus {
+            pid: self.guardian.as_ref().map(Guardian::pid),
+            restarts: self.guardian_restarts,
+        })
     }
 
     /// Signal a generation's whole process group, unless it is empty.
@@ -174,13 +217,45 @@ impl ProcessTable {
                 found.push(Reaped::GroupEmpty { generation });
             }
         }
+        self.keep_guardian();
         found
+    }
+
+    /// Start a new guardian if the last one exited, and tell it every
+    /// group still alive.
+    fn keep_guardian(&mut self) {
+        if !self.guarded
+            || self.guardian.is_some()
+            || self.guardian_started.elapsed() < GUARDIAN_RESTART_INTERVAL
+        {
+            return;
+        }
+        self.guardian_started = Instant::now();
+        match Guardian::start() {
+            Ok(guardian) => {
+                let live = self.groups.values().filter(|g| !g.empty).map(|g| g.pid);
+                for pgid in live.chain(self.build).chain(self.cancelled_builds.clone()) {
+                    guardian.add(pgid);
+                }
+                self.guardian_restarts += 1;
+                tracing::warn!(
+                    pid = guardian.pid(),
+                    restarts = self.guardian_restarts,
+                    "guardian replaced"
+                );
+                self.guardian = Some(guardian);
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot start a new guardian: trying again in a second")
+            }
+        }
     }
 
     fn on_reaped(&mut self, pid: i32, status: ProcessExit) -> Option<Reaped> {
         if self.guardian.as_ref().is_some_and(|g| g.pid() == pid) {
-            self.guardian_reaped = true;
-            tracing::error!(pid, %status, "the guardian exited: workers may outlive baton if it is killed");
+            // Its pid is reaped: dropping it only closes the pipe.
+            self.guardian = None;
+            tracing::error!(pid, %status, "the guardian exited: replacing it");
             return None;
         }
         if let Some(i) = self.cancelled_builds.iter().position(|&p| p == pid) {
@@ -214,7 +289,7 @@ impl ProcessTable {
     /// baton exits: the guardian kills what it still knows of.
     pub fn finish(self) {
         if let Some(guardian) = self.guardian {
-            guardian.finish(self.guardian_reaped);
+            guardian.finish();
         }
     }
 }

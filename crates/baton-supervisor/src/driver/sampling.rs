@@ -1,6 +1,7 @@
-//! Measuring what each generation costs, off the event loop: reading
-//! `/proc` for every process of every group takes milliseconds that the
-//! loop's timers and signals should not wait for.
+//! Measuring what each generation costs, and finding the processes that
+//! escaped their generation, off the event loop: reading `/proc` for every
+//! process takes milliseconds that the loop's timers and signals should
+//! not wait for.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -8,7 +9,8 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::status::{Sampler, Usage};
+use super::escapees::{self, Known};
+use crate::status::{EscapedProcess, Sampler, Usage};
 
 /// How often to sample what each generation costs.
 const SAMPLE_INTERVAL: Duration = Duration::from_secs(2);
@@ -20,10 +22,21 @@ pub(super) struct Groups {
     pub all: Vec<i32>,
     /// The draining ones, whose connections are counted too.
     pub draining: HashSet<i32>,
+    /// What is not escaped among baton's children.
+    pub known: Known,
 }
 
-/// The latest sample, by process group id.
-pub(super) type Usages = Arc<HashMap<i32, Usage>>;
+/// What one sample found.
+#[derive(Debug, Default)]
+pub(super) struct Sample {
+    /// What each group costs, by process group id.
+    pub usage: HashMap<i32, Usage>,
+    /// baton's children outside every generation.
+    pub escaped: Vec<EscapedProcess>,
+}
+
+/// The latest sample.
+pub(super) type Usages = Arc<Sample>;
 
 /// Sample `groups` every few seconds on the blocking pool; the latest
 /// result is always in the returned receiver.
@@ -45,13 +58,13 @@ async fn sample_loop(
     loop {
         tick.tick().await;
         let wanted = groups.borrow().clone();
-        if wanted.all.is_empty() {
-            usage.send_replace(Usages::default());
-            continue;
-        }
         let measured = tokio::task::spawn_blocking(move || {
-            let sample = sampler.sample(&wanted.all, &wanted.draining);
-            (sampler, sample)
+            let usage = match wanted.all.is_empty() {
+                true => HashMap::new(),
+                false => sampler.sample(&wanted.all, &wanted.draining),
+            };
+            let escaped = escapees::find(std::process::id() as i32, &wanted.known);
+            (sampler, Sample { usage, escaped })
         })
         .await;
         let Ok((back, sample)) = measured else {

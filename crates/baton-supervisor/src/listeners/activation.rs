@@ -32,6 +32,8 @@ enum Kind {
     Tcp { addr: SocketAddr, dual_stack: bool },
     /// A listening unix stream socket, with its path if it has one.
     Unix(Option<PathBuf>),
+    /// A bound UDP socket (`ListenDatagram=`).
+    Udp(SocketAddr),
     /// Anything baton cannot hand to workers as a listener, and why.
     Unusable(String),
 }
@@ -53,7 +55,8 @@ impl Inherited {
         &self.local
     }
 
-    /// Whether baton can hand it to workers: a listening TCP or unix stream socket.
+    /// Whether baton can hand it to workers: a listening TCP or unix stream
+    /// socket, or a bound UDP socket.
     pub fn is_listening_stream(&self) -> bool {
         !matches!(self.kind, Kind::Unusable(_))
     }
@@ -67,6 +70,7 @@ impl Inherited {
                     Kind::Tcp { addr, .. } => addr.to_string(),
                     Kind::Unix(Some(path)) => format!("unix:{}", path.display()),
                     Kind::Unix(None) => unix_name(&socket),
+                    Kind::Udp(addr) => format!("udp://{addr}"),
                     Kind::Unusable(reason) => reason.clone(),
                 };
                 (kind, local)
@@ -113,6 +117,10 @@ impl Inherited {
                 addr.ip().is_unspecified() && port_ok(*port, addr.port())
             }
             (Kind::Unix(Some(have)), Address::Unix(want)) => same_path(have, want),
+            (Kind::Udp(addr), Address::Udp(want)) => {
+                want.ip().to_canonical() == addr.ip().to_canonical()
+                    && port_ok(want.port(), addr.port())
+            }
             _ => false,
         }
     }
@@ -126,9 +134,16 @@ fn classify(socket: &Socket) -> io::Result<Kind> {
         }
         Err(e) => return Err(e),
     };
+    if ty == Type::DGRAM
+        && let Ok(domain) = socket.domain()
+        && (domain == Domain::IPV4 || domain == Domain::IPV6)
+        && let Some(addr) = socket.local_addr()?.as_socket()
+    {
+        return Ok(Kind::Udp(addr));
+    }
     if ty != Type::STREAM {
         return Ok(Kind::Unusable(
-            "not a stream socket (datagram and sequential-packet sockets cannot be listeners)"
+            "neither a stream socket nor a UDP socket (sequential-packet and unix datagram sockets cannot be listeners)"
                 .into(),
         ));
     }

@@ -46,6 +46,7 @@ impl Listener {
             Address::Tcp(addr) => bind_tcp(&spec.name, *addr, options),
             Address::AllInterfaces(port) => bind_all_interfaces(&spec.name, *port, options),
             Address::Unix(path) => bind_unix(&spec.name, path, options),
+            Address::Udp(addr) => bind_udp(&spec.name, *addr),
         }
     }
 }
@@ -116,6 +117,28 @@ fn finish_tcp(
         created: None,
         inherited: None,
         backlog: Some(options.listen_backlog()),
+    })
+}
+
+/// A UDP socket is bound, never listens, and has no backlog: every
+/// generation reads datagrams from the one receive queue.
+fn bind_udp(name: &str, addr: SocketAddr) -> Result<Listener, ListenError> {
+    let shown = format!("udp://{addr}");
+    let socket =
+        Socket::new(Domain::for_address(addr), Type::DGRAM, None).map_err(io_error(&shown))?;
+    socket.bind(&addr.into()).map_err(io_error(&shown))?;
+    let local = socket
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .map_or(shown, |a| format!("udp://{a}"));
+    Ok(Listener {
+        name: name.to_string(),
+        socket,
+        local,
+        created: None,
+        inherited: None,
+        backlog: None,
     })
 }
 

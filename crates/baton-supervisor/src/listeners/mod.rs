@@ -11,10 +11,12 @@
 //! [`resolve`] matches them to the `--listen` specs and binds the rest.
 //!
 //! One file per concept: `spec.rs` parses `[NAME=]SPEC` into a
-//! [`ListenerSpec`], `bind.rs` binds TCP and unix sockets ([`bind_all`]),
+//! [`ListenerSpec`], `bind.rs` binds TCP, unix and UDP sockets ([`bind_all`]),
 //! `activation.rs` adopts inherited sockets ([`Inherited`]) and
-//! [`resolve`]s them against the specs; this file holds the [`Listener`]
-//! they all produce and the [`ListenError`] they share.
+//! [`resolve`]s them against the specs, `health.rs` finds a listener a
+//! worker broke ([`Fault`]) and repairs it (`diag.rs` asks the kernel about
+//! unix sockets); this file holds the [`Listener`] they all produce and the
+//! [`ListenError`] they share.
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, RawFd};
@@ -25,12 +27,15 @@ use socket2::Socket;
 
 mod activation;
 mod bind;
+mod diag;
+mod health;
 mod spec;
 #[cfg(test)]
 mod tests;
 
 pub use activation::{Inherited, Resolved, inherited_from_env, resolve};
 pub use bind::{BindOptions, bind_all};
+pub use health::{Fault, Repaired};
 pub use spec::{Address, ListenerSpec, check_names};
 
 /// What went wrong with a listener. Each message names the listener.
@@ -38,7 +43,7 @@ pub use spec::{Address, ListenerSpec, check_names};
 pub enum ListenError {
     /// The spec does not parse.
     #[error(
-        "invalid listener '{spec}': {reason} (expected [NAME=]SPEC with SPEC one of HOST:PORT, :PORT, [::1]:PORT, tcp://HOST:PORT, unix:/path/to.sock)"
+        "invalid listener '{spec}': {reason} (expected [NAME=]SPEC with SPEC one of HOST:PORT, :PORT, [::1]:PORT, tcp://HOST:PORT, unix:/path/to.sock, udp://HOST:PORT)"
     )]
     InvalidSpec {
         /// The spec as given.
@@ -149,7 +154,8 @@ impl Listener {
     /// The accept queue length baton asked for when it bound the socket
     /// (the kernel caps it at `net.core.somaxconn`). `None` for an
     /// inherited socket: whoever bound it chose (`Backlog=` in a `.socket`
-    /// unit), and baton never calls `listen` on it again.
+    /// unit), and baton never calls `listen` on it again; `None` for a UDP
+    /// socket, which has no accept queue.
     pub fn backlog(&self) -> Option<i32> {
         self.backlog
     }

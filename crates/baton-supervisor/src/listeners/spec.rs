@@ -17,6 +17,8 @@ pub enum Address {
     AllInterfaces(u16),
     /// A unix stream socket at this path.
     Unix(PathBuf),
+    /// `udp://HOST:PORT`: one UDP socket (systemd's `ListenDatagram=`).
+    Udp(SocketAddr),
 }
 
 impl fmt::Display for Address {
@@ -25,6 +27,7 @@ impl fmt::Display for Address {
             Address::Tcp(addr) => write!(f, "{addr}"),
             Address::AllInterfaces(port) => write!(f, ":{port}"),
             Address::Unix(path) => write!(f, "unix:{}", path.display()),
+            Address::Udp(addr) => write!(f, "udp://{addr}"),
         }
     }
 }
@@ -39,23 +42,36 @@ impl FromStr for Address {
             }
             return Ok(Address::Unix(PathBuf::from(path)));
         }
+        if let Some(hostport) = spec.strip_prefix("udp://") {
+            return match parse_host_port(hostport)? {
+                Some(addr) => Ok(Address::Udp(addr)),
+                None => Err("udp:// needs a HOST:PORT (e.g. udp://127.0.0.1:5353)".into()),
+            };
+        }
         let hostport = spec.strip_prefix("tcp://").unwrap_or(spec);
         if let Some(port) = hostport.strip_prefix(':') {
             return parse_port(port).map(Address::AllInterfaces);
         }
-        if let Ok(addr) = hostport.parse::<SocketAddr>() {
-            return Ok(Address::Tcp(addr));
-        }
-        let Some((host, port)) = hostport.rsplit_once(':') else {
-            return Err("no port".into());
-        };
-        let port = parse_port(port)?;
-        match host {
-            "localhost" => Ok(Address::Tcp(SocketAddr::from(([127, 0, 0, 1], port)))),
-            _ => Err(format!(
-                "'{host}' is not an IP address (use 127.0.0.1, [::1], 0.0.0.0 or :PORT)"
-            )),
-        }
+        parse_host_port(hostport)?
+            .map(Address::Tcp)
+            .ok_or_else(|| "no port".into())
+    }
+}
+
+/// `IP:PORT`, `[IPv6]:PORT` or `localhost:PORT`; `None` without a port.
+fn parse_host_port(hostport: &str) -> Result<Option<SocketAddr>, String> {
+    if let Ok(addr) = hostport.parse::<SocketAddr>() {
+        return Ok(Some(addr));
+    }
+    let Some((host, port)) = hostport.rsplit_once(':') else {
+        return Ok(None);
+    };
+    let port = parse_port(port)?;
+    match host {
+        "localhost" => Ok(Some(SocketAddr::from(([127, 0, 0, 1], port)))),
+        _ => Err(format!(
+            "'{host}' is not an IP address (use 127.0.0.1, [::1], 0.0.0.0 or :PORT)"
+        )),
     }
 }
 

@@ -41,6 +41,16 @@ fn specs_parse() {
             "listen0",
             Address::Unix("/tmp/a=b.sock".into()),
         ),
+        (
+            "dns=udp://127.0.0.1:5353",
+            "dns",
+            Address::Udp("127.0.0.1:5353".parse().unwrap()),
+        ),
+        (
+            "udp://localhost:53",
+            "listen0",
+            Address::Udp("127.0.0.1:53".parse().unwrap()),
+        ),
     ];
     for (spec, name, address) in cases {
         let parsed = parse(spec).unwrap_or_else(|e| panic!("{spec}: {e}"));
@@ -63,6 +73,8 @@ fn bad_specs_say_what_is_wrong() {
         ("example.com:80", "'example.com' is not an IP address"),
         ("unix:", "path is empty"),
         ("my name=:80", "may hold only"),
+        ("udp://:53", "is not an IP address"),
+        ("udp://5353", "udp:// needs a HOST:PORT"),
     ] {
         let err = parse(spec).unwrap_err().to_string();
         assert!(err.contains(needle), "{spec}: {err}");
@@ -181,8 +193,8 @@ fn inherited_sockets_say_what_they_are() {
 
     let cases: Vec<(OwnedFd, &str)> = vec![
         (
-            std::net::UdpSocket::bind("127.0.0.1:0").unwrap().into(),
-            "not a stream socket",
+            std::os::unix::net::UnixDatagram::unbound().unwrap().into(),
+            "neither a stream socket nor a UDP socket",
         ),
         (
             std::net::TcpStream::connect(addr).unwrap().into(),
@@ -351,11 +363,24 @@ fn a_listen_naming_an_inherited_socket_elsewhere_is_a_clear_error() {
         "{err}"
     );
 
-    // A named one that is no listener at all.
+    // A named UDP socket is no TCP listener.
     let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let err = resolve(
         &[parse("dns=127.0.0.1:0").unwrap()],
         vec![inherit(udp, 3, "dns")],
+        BindOptions::default(),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&err, ListenError::InheritedMismatch { actual, .. } if actual.starts_with("udp://")),
+        "{err}"
+    );
+
+    // A named one that is no listener at all.
+    let datagram = std::os::unix::net::UnixDatagram::unbound().unwrap();
+    let err = resolve(
+        &[parse("dns=127.0.0.1:0").unwrap()],
+        vec![inherit(datagram, 3, "dns")],
         BindOptions::default(),
     )
     .unwrap_err();
@@ -498,4 +523,31 @@ fn inherited_from_env_takes_the_fds_once() {
         path.exists(),
         "the child did not remove the inherited socket's file"
     );
+}
+
+#[test]
+fn udp_sockets_are_bound_and_adopted() {
+    let spec = parse("dns=udp://127.0.0.1:0").unwrap();
+    let bound = Listener::bind(&spec, BindOptions::default()).unwrap();
+    assert!(bound.local_address().starts_with("udp://127.0.0.1:"));
+    assert_eq!(bound.backlog(), None, "a UDP socket has no accept queue");
+    assert_eq!(
+        socket2::SockRef::from(&bound).r#type().unwrap(),
+        Type::DGRAM
+    );
+
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = socket.local_addr().unwrap();
+    let i = inherit(socket, 3, "dns");
+    assert!(i.is_listening_stream());
+    assert_eq!(i.local_address(), format!("udp://{addr}"));
+    assert!(i.matches(&Address::Udp(addr), false));
+    assert!(!i.matches(&Address::Tcp(addr), false));
+    let resolved = resolve(
+        &[parse(&format!("dns=udp://{addr}")).unwrap()],
+        vec![i],
+        BindOptions::default(),
+    )
+    .unwrap();
+    assert!(resolved.listeners[0].is_inherited());
 }

@@ -56,21 +56,38 @@ pub enum Event {
         /// Why, for the log and the answer to the reload.
         error: String,
     },
-    /// `READY=1` arrived on the generation's notify socket.
+    /// `READY=1` arrived on the generation's notify socket (under
+    /// [`Readiness::Auto`](super::Readiness::Auto) it does not count).
     Ready {
         /// The generation whose socket it arrived on.
         generation: Generation,
     },
+    /// `WATCHDOG=1` arrived on the generation's notify socket.
+    WatchdogPing {
+        /// The generation whose socket it arrived on.
+        generation: Generation,
+    },
+    /// What baton saw of a generation's processes it was asked to
+    /// [observe](Action::Observe).
+    Observed {
+        /// The generation looked at.
+        generation: Generation,
+        /// Whether one of its processes waits for connections on a socket
+        /// baton handed it: under `Auto`, it is ready.
+        waiting: bool,
+        /// What baton saw, in words, for the log and for a timeout's reason.
+        seen: String,
+    },
     /// The generation's leader process exited (its group may live on).
     LeaderExited {
-        /// Its generation.
+        /// Whose leader (the group id is the leader's pid).
         generation: Generation,
         /// How it ended.
         status: ProcessExit,
     },
     /// The generation's process group has no process left.
     GroupEmpty {
-        /// Its generation.
+        /// Whose group emptied; it is gone for good.
         generation: Generation,
     },
     /// The time [`poll_timeout`](super::Machine::poll_timeout) named has come.
@@ -92,6 +109,8 @@ pub enum SpawnCause {
     Reload,
     /// Nothing serves (a crash, a failed start): try again.
     Restart,
+    /// The active generation missed its watchdog deadline: its replacement.
+    Watchdog,
 }
 
 /// Something the driver must do.
@@ -104,6 +123,13 @@ pub enum Action {
         generation: Generation,
         /// Whether the next plan (re-read config) applies to it.
         cause: SpawnCause,
+    },
+    /// Watch the generation's processes until one of them waits on a
+    /// socket baton handed it, and tell what was seen as
+    /// [`Event::Observed`]; stop once the generation is no longer starting.
+    Observe {
+        /// The starting generation.
+        generation: Generation,
     },
     /// Send the stop signal to the generation's process group: its drain
     /// begins.
@@ -128,6 +154,12 @@ pub enum Action {
     Notice(Notice),
     /// Every generation is gone after a shutdown: baton may exit.
     Exit,
+    /// Every generation is gone after the machine gave up (no worker was
+    /// ever ready): baton exits with a failure, saying `reason`.
+    GiveUp {
+        /// One line: why.
+        reason: String,
+    },
 }
 
 /// Why a starting generation did not become the active one.
@@ -139,6 +171,14 @@ pub enum Failure {
     Exited(ProcessExit),
     /// It was not ready within the ready timeout.
     NotReady(Duration),
+    /// Under `--ready auto`, it was not seen waiting on a socket baton
+    /// handed it within the ready timeout; `seen` says what baton saw.
+    NotWaiting {
+        /// The ready timeout.
+        timeout: Duration,
+        /// What baton last saw of its processes.
+        seen: String,
+    },
 }
 
 impl fmt::Display for Failure {
@@ -147,6 +187,9 @@ impl fmt::Display for Failure {
             Failure::SpawnFailed(error) => write!(f, "could not start: {error}"),
             Failure::Exited(status) => write!(f, "exited before ready ({status})"),
             Failure::NotReady(timeout) => write!(f, "not ready within {timeout:?}"),
+            Failure::NotWaiting { timeout, seen } => {
+                write!(f, "not ready within {timeout:?}: {seen}")
+            }
         }
     }
 }
@@ -214,6 +257,26 @@ pub enum Notice {
         delay: Duration,
         /// Consecutive crashes so far.
         crashes: u32,
+    },
+    /// The active generation sent no `WATCHDOG=1` within its watchdog
+    /// interval: it is replaced by a new generation, as by a reload.
+    WatchdogMissed {
+        /// The silent generation.
+        generation: Generation,
+        /// Its interval.
+        interval: Duration,
+        /// The generation that will take over (started now, or already
+        /// starting); none during shutdown.
+        replacement: Option<Generation>,
+    },
+    /// No generation was ever ready and `failed_starts` starts in a row
+    /// failed: the machine gives up, shuts down and then exits with
+    /// [`Action::GiveUp`].
+    GivingUp {
+        /// Failed starts in a row.
+        failed_starts: u32,
+        /// How the last one failed.
+        failure: Failure,
     },
     /// A generation was sent its stop signal and drains.
     Draining {

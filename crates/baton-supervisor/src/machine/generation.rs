@@ -8,6 +8,7 @@ use std::fmt;
 use std::time::{Duration, Instant};
 
 use super::events::{ProcessExit, ReloadId, SpawnCause};
+use super::settings::Readiness;
 
 /// Where a generation is in its life, with what that phase needs.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -23,11 +24,20 @@ pub enum Phase {
         ready_by: Instant,
         /// `--ready delay=`: it counts as ready then, if still starting.
         ready_at: Option<Instant>,
+        /// How it becomes ready, fixed when it starts (a re-read config
+        /// applies to the next generation).
+        readiness: Readiness,
+        /// Under `Auto`: what baton last saw of its processes.
+        seen: Option<String>,
     },
     /// Ready and serving.
     Active {
         /// Once it has served this long, earlier crashes are forgotten.
         stable_at: Option<Instant>,
+        /// With a watchdog: it must send `WATCHDOG=1` by then.
+        watchdog_by: Option<Instant>,
+        /// It missed its watchdog deadline (and has sent nothing since).
+        silent: bool,
     },
     /// Sent its stop signal; finishing its connections.
     Draining {
@@ -48,6 +58,9 @@ pub enum Phase {
 }
 
 impl Phase {
+    /// Every name [`Phase::name`] gives, in the order of a generation's life.
+    pub const NAMES: [&'static str; 4] = ["starting", "active", "draining", "killing"];
+
     /// The name `status` shows.
     pub fn name(&self) -> &'static str {
         match self {
@@ -64,10 +77,21 @@ impl Phase {
             Phase::Starting {
                 ready_by, ready_at, ..
             } => Some(ready_at.map_or(*ready_by, |at| at.min(*ready_by))),
-            Phase::Active { stable_at } => *stable_at,
+            Phase::Active {
+                stable_at,
+                watchdog_by,
+                ..
+            } => earliest(*stable_at, *watchdog_by),
             Phase::Draining { deadline, .. } => Some(*deadline),
             Phase::Killing { .. } => None,
         }
+    }
+}
+
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 
@@ -84,6 +108,8 @@ pub struct Lifecycle {
     pub spawned_at: Instant,
     /// Spawn to ready, once it was ready.
     pub ready_after: Option<Duration>,
+    /// The watchdog interval it was started with (`WATCHDOG_USEC`), if any.
+    pub watchdog: Option<Duration>,
     /// Where it is in its life.
     pub phase: Phase,
 }
@@ -102,5 +128,10 @@ impl Lifecycle {
     /// Whether it drains.
     pub fn is_draining(&self) -> bool {
         matches!(self.phase, Phase::Draining { .. })
+    }
+
+    /// Whether it serves but missed its watchdog deadline.
+    pub fn is_silent(&self) -> bool {
+        matches!(self.phase, Phase::Active { silent: true, .. })
     }
 }

@@ -22,10 +22,17 @@
 //! generation starts waits (coalesced) and is answered by the next
 //! generation, the first to see every change made so far; each id is
 //! answered exactly once: completed, failed, or cancelled by shutdown.
+//!
+//! Two rules about faults have files of their own: the worker
+//! [watchdog](self::watchdog) (a silent active generation is replaced) and
+//! the [start limit](self::start_limit) (a worker that never once became
+//! ready is not restarted for ever).
 
 mod events;
 mod generation;
 mod settings;
+mod start_limit;
+mod watchdog;
 
 pub use self::events::{
     Action, Event, Failure, Generation, Notice, ProcessExit, ReloadId, SpawnCause,
@@ -35,6 +42,9 @@ pub use self::settings::{Backoff, Readiness, Settings, StopSignal, signal_name};
 
 use std::collections::BTreeMap;
 use std::time::Instant;
+
+/// The reason of an `Auto` timeout when the observer never reported.
+const NOTHING_SEEN: &str = "no process was seen waiting on a socket baton handed it";
 
 /// The reload state machine. See the [module docs](self).
 #[derive(Debug)]
@@ -48,6 +58,12 @@ pub struct Machine {
     restart_at: Option<Instant>,
     crashes: u32,
     shutting_down: bool,
+    /// Whether any generation was ever ready.
+    ever_ready: bool,
+    /// Failed starts in a row while none was ever ready.
+    failed_starts: u32,
+    /// Why the machine gave up, once it has.
+    gave_up: Option<String>,
 }
 
 impl Machine {
@@ -61,6 +77,9 @@ impl Machine {
             restart_at: None,
             crashes: 0,
             shutting_down: false,
+            ever_ready: false,
+            failed_starts: 0,
+            gave_up: None,
         }
     }
 
@@ -125,7 +144,13 @@ impl Machine {
             Event::SpawnFailed { generation, error } => {
                 self.on_spawn_failed(generation, error, &mut step)
             }
-            Event::Ready { generation } => self.on_ready(generation, &mut step),
+            Event::Ready { generation } => self.on_notified(generation, &mut step),
+            Event::WatchdogPing { generation } => self.on_watchdog_ping(generation, now),
+            Event::Observed {
+                generation,
+                waiting,
+                seen,
+            } => self.on_observed(generation, waiting, seen, &mut step),
             Event::LeaderExited { generation, status } => {
                 self.on_leader_exited(generation, status, &mut step)
             }
@@ -153,21 +178,25 @@ impl Machine {
         self.restart_at = None;
         self.last_generation += 1;
         let generation = self.last_generation;
-        let ready_at = match self.settings.readiness {
+        let readiness = self.settings.readiness;
+        let ready_at = match readiness {
             Readiness::Delay(after) => Some(step.now + after),
-            Readiness::Notify => None,
+            Readiness::Notify | Readiness::Auto => None,
         };
         let phase = Phase::Starting {
             cause,
             reloads: reloads.clone(),
             ready_by: step.now + self.settings.ready_timeout,
             ready_at,
+            readiness,
+            seen: None,
         };
         self.generations.insert(
             generation,
             Lifecycle {
                 spawned_at: step.now,
                 ready_after: None,
+                watchdog: self.settings.watchdog,
                 phase,
             },
         );
@@ -177,6 +206,9 @@ impl Machine {
             reloads,
         });
         step.out.push(Action::Spawn { generation, cause });
+        if readiness == Readiness::Auto {
+            step.out.push(Action::Observe { generation });
+        }
     }
 
     fn on_reload(&mut self, id: ReloadId, step: &mut Step) {
@@ -204,6 +236,42 @@ impl Machine {
         self.exit_if_done(step);
     }
 
+    /// `READY=1`: it counts unless the generation started under `Auto`,
+    /// where a master that says it before its workers have loaded the app
+    /// (gunicorn's does) must not drain the good generation.
+    fn on_notified(&mut self, generation: Generation, step: &mut Step) {
+        if let Some(Phase::Starting {
+            readiness: Readiness::Auto,
+            ..
+        }) = self.phase_mut(generation)
+        {
+            return;
+        }
+        self.on_ready(generation, step);
+    }
+
+    fn on_observed(
+        &mut self,
+        generation: Generation,
+        waiting: bool,
+        seen: String,
+        step: &mut Step,
+    ) {
+        let Some(Phase::Starting {
+            readiness,
+            seen: last,
+            ..
+        }) = self.phase_mut(generation)
+        else {
+            return;
+        };
+        if waiting && *readiness == Readiness::Auto {
+            self.on_ready(generation, step);
+        } else {
+            *last = Some(seen);
+        }
+    }
+
     fn on_ready(&mut self, generation: Generation, step: &mut Step) {
         let stable_at = Some(step.now + self.settings.backoff.reset_after);
         let previous = self.active();
@@ -217,7 +285,12 @@ impl Machine {
         let reloads = std::mem::take(reloads);
         let ready_after = step.now.saturating_duration_since(state.spawned_at);
         state.ready_after = Some(ready_after);
-        state.phase = Phase::Active { stable_at };
+        state.phase = Phase::Active {
+            stable_at,
+            watchdog_by: state.watchdog.map(|interval| step.now + interval),
+            silent: false,
+        };
+        self.ever_ready = true;
         if let Some(previous) = previous {
             self.evict_draining(self.settings.max_draining.get() - 1, step);
             self.drain(previous, step);
@@ -296,6 +369,7 @@ impl Machine {
             .filter(|(_, s)| s.phase.deadline().is_some_and(|at| at <= now))
             .map(|(&g, _)| g)
             .collect();
+        let timeout = self.settings.ready_timeout;
         for generation in due {
             let Some(phase) = self.phase_mut(generation) else {
                 continue;
@@ -307,16 +381,29 @@ impl Machine {
                     ..
                 } if *at <= now && *at <= *ready_by => self.on_ready(generation, step),
                 Phase::Starting {
-                    ready_by, reloads, ..
+                    ready_by,
+                    reloads,
+                    readiness,
+                    seen,
+                    ..
                 } if *ready_by <= now => {
                     let reloads = std::mem::take(reloads);
+                    let failure = match readiness {
+                        Readiness::Auto => Failure::NotWaiting {
+                            timeout,
+                            seen: seen.take().unwrap_or_else(|| NOTHING_SEEN.to_owned()),
+                        },
+                        _ => Failure::NotReady(timeout),
+                    };
                     self.kill(generation, None, step);
-                    let failure = Failure::NotReady(self.settings.ready_timeout);
                     self.start_failed(generation, failure, reloads, step);
                 }
-                Phase::Active { stable_at } => {
-                    *stable_at = None;
-                    self.crashes = 0;
+                Phase::Active { stable_at, .. } => {
+                    if stable_at.is_some_and(|at| at <= now) {
+                        *stable_at = None;
+                        self.crashes = 0;
+                    }
+                    self.on_watchdog_due(generation, step);
                 }
                 Phase::Draining { deadline, .. } if *deadline <= now => {
                     self.kill(generation, None, step);
@@ -368,12 +455,12 @@ impl Machine {
         let active = self.active();
         step.notice(Notice::StartFailed {
             generation,
-            failure,
+            failure: failure.clone(),
             active,
             reloads,
             reload_follows: self.reload_follows(),
         });
-        if self.shutting_down {
+        if self.shutting_down || self.give_up_after(&failure, step) {
             return;
         }
         if !self.queued.is_empty() {
@@ -469,7 +556,12 @@ impl Machine {
 
     fn exit_if_done(&mut self, step: &mut Step) {
         if self.shutting_down && self.generations.is_empty() {
-            step.out.push(Action::Exit);
+            step.out.push(match &self.gave_up {
+                Some(reason) => Action::GiveUp {
+                    reason: reason.clone(),
+                },
+                None => Action::Exit,
+            });
         }
     }
 }

@@ -1,10 +1,10 @@
 //! What the machine decides by: readiness, deadlines, the stop signal, the
-//! drain cap and the crash backoff. Every field has a type that cannot
+//! drain cap, the crash backoff, the start limit and the worker watchdog. Every field has a type that cannot
 //! hold a value the machine would have to reject, and [`Settings::default`]
 //! is the one place where baton's defaults are written.
 
 use std::fmt;
-use std::num::NonZeroUsize;
+use std::num::{NonZeroU32, NonZeroUsize};
 use std::time::Duration;
 
 /// When a new generation counts as ready.
@@ -14,6 +14,10 @@ pub enum Readiness {
     Notify,
     /// When it is still alive after this delay (or sends `READY=1` sooner).
     Delay(Duration),
+    /// When one of its processes waits for connections on a socket baton
+    /// handed it, as the kernel shows (`--ready auto`); `READY=1` alone
+    /// does not count.
+    Auto,
 }
 
 impl Default for Readiness {
@@ -159,11 +163,20 @@ pub struct Settings {
     pub max_draining: NonZeroUsize,
     /// Restart backoff after crashes.
     pub backoff: Backoff,
+    /// Failed starts in a row, before any generation was ever ready, after
+    /// which baton gives up and exits (systemd's `StartLimitBurst`). Once
+    /// one was ready, failures are only backed off.
+    pub start_limit: NonZeroU32,
+    /// The sd_notify watchdog asked of workers (`WATCHDOG_USEC`): an active
+    /// generation that sends no `WATCHDOG=1` for this long is replaced.
+    pub watchdog: Option<Duration>,
 }
 
 impl Settings {
     /// The default drain cap.
     pub const DEFAULT_MAX_DRAINING: NonZeroUsize = NonZeroUsize::new(4).unwrap();
+    /// The default start limit.
+    pub const DEFAULT_START_LIMIT: NonZeroU32 = NonZeroU32::new(5).unwrap();
 }
 
 impl Default for Settings {
@@ -175,6 +188,8 @@ impl Default for Settings {
             drain_timeout: Duration::from_secs(30),
             max_draining: Settings::DEFAULT_MAX_DRAINING,
             backoff: Backoff::default(),
+            start_limit: Settings::DEFAULT_START_LIMIT,
+            watchdog: None,
         }
     }
 }

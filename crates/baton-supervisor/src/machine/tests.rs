@@ -803,4 +803,6 @@ fn process_exits_read_well() {
     assert!(ProcessExit::Code(0).success());
 }
 
+mod auto;
+mod faults;
 mod properties;

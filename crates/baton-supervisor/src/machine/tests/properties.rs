@@ -1,8 +1,9 @@
-//! Property tests: random sequences of reload requests, readiness, exits,
-//! crashes, failed spawns, passing time and shutdown, against a small model
-//! of the processes the driver would run.
+//! Property tests: random sequences of reload requests, readiness,
+//! watchdog pings, exits, crashes, failed spawns, passing time and
+//! shutdown, against a small model of the processes the driver would run.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::num::NonZeroU32;
 
 use proptest::prelude::*;
 
@@ -12,6 +13,8 @@ use super::*;
 enum Op {
     Reload,
     Ready(usize),
+    Ping(usize),
+    Observed(usize, bool),
     LeaderExit(usize, i32),
     GroupEmpty(usize),
     SpawnsFail(bool),
@@ -24,6 +27,8 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         3 => Just(Op::Reload),
         3 => any::<usize>().prop_map(Op::Ready),
+        2 => any::<usize>().prop_map(Op::Ping),
+        2 => (any::<usize>(), any::<bool>()).prop_map(|(i, w)| Op::Observed(i, w)),
         2 => (any::<usize>(), 0..3i32).prop_map(|(i, c)| Op::LeaderExit(i, c)),
         2 => any::<usize>().prop_map(Op::GroupEmpty),
         1 => any::<bool>().prop_map(Op::SpawnsFail),
@@ -48,6 +53,8 @@ struct World {
     next_id: ReloadId,
     answered: BTreeMap<ReloadId, bool>,
     exited: bool,
+    /// A generation was ready at some point.
+    ever_ready: bool,
 }
 
 impl World {
@@ -60,6 +67,7 @@ impl World {
             next_id: 0,
             answered: BTreeMap::new(),
             exited: false,
+            ever_ready: false,
         }
     }
 
@@ -71,12 +79,16 @@ impl World {
     /// Feed one event, carry out what the driver would, check the rules.
     fn feed(&mut self, event: Event) {
         let shutting_down = self.machine.shutting_down();
+        let active = self.machine.active();
         let actions = self.machine.handle(event.clone(), self.now);
         let mut follow = Vec::new();
         for action in &actions {
             match action {
-                Action::Spawn { generation, .. } => {
+                Action::Spawn { generation, cause } => {
                     assert!(!shutting_down, "spawn during shutdown after {event:?}");
+                    if *cause == SpawnCause::Watchdog {
+                        assert!(active.is_some(), "a watchdog spawn replaces the active one");
+                    }
                     if self.spawns_fail {
                         follow.push(Event::SpawnFailed {
                             generation: *generation,
@@ -97,7 +109,26 @@ impl World {
                     assert!(self.machine.generation(*generation).is_none());
                     self.processes.remove(generation);
                 }
-                Action::Exit => self.exited = true,
+                Action::Exit => {
+                    assert!(self.machine.gave_up().is_none(), "gave up, yet Exit");
+                    self.exited = true;
+                }
+                Action::GiveUp { .. } => {
+                    assert!(!self.ever_ready, "gave up after a generation was ready");
+                    self.exited = true;
+                }
+                Action::Notice(Notice::Ready { .. }) => self.ever_ready = true,
+                Action::Notice(Notice::GivingUp { failed_starts, .. }) => {
+                    let limit = self.machine.settings().start_limit.get();
+                    assert_eq!(*failed_starts, limit, "after {event:?}");
+                    assert!(!self.ever_ready, "gave up after a generation was ready");
+                }
+                Action::Observe { generation } => assert!(
+                    self.machine
+                        .generation(*generation)
+                        .is_some_and(Lifecycle::is_starting),
+                    "{action:?} of a generation that is not starting after {event:?}"
+                ),
                 Action::Notice(_) => {}
             }
         }
@@ -136,6 +167,20 @@ impl World {
             Op::Ready(i) => {
                 if let Some(generation) = self.pick(i) {
                     self.feed(Event::Ready { generation });
+                }
+            }
+            Op::Ping(i) => {
+                if let Some(generation) = self.pick(i) {
+                    self.feed(Event::WatchdogPing { generation });
+                }
+            }
+            Op::Observed(i, waiting) => {
+                if let Some(generation) = self.pick(i) {
+                    self.feed(Event::Observed {
+                        generation,
+                        waiting,
+                        seen: "seen".into(),
+                    });
                 }
             }
             Op::LeaderExit(i, code) => {
@@ -193,13 +238,21 @@ proptest! {
     #[test]
     fn random_events_keep_the_rules(
         ops in proptest::collection::vec(op(), 0..120),
-        notify in any::<bool>(),
+        readiness in 0..3u8,
+        watchdog in any::<bool>(),
+        start_limit in 1..8u32,
     ) {
         let settings = Settings {
-            readiness: if notify { Readiness::Notify } else { Readiness::Delay(SECOND) },
+            readiness: match readiness {
+                0 => Readiness::Notify,
+                1 => Readiness::Auto,
+                _ => Readiness::Delay(SECOND),
+            },
             ready_timeout: 5 * SECOND,
             drain_timeout: 3 * SECOND,
             max_draining: NonZeroUsize::new(2).unwrap(),
+            start_limit: NonZeroU32::new(start_limit).unwrap(),
+            watchdog: watchdog.then_some(2 * SECOND),
             ..Settings::default()
         };
         let mut world = World::new(settings);

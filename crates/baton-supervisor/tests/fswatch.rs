@@ -8,7 +8,7 @@ use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use baton_supervisor::watch::{ChangeBatch, WatchError, WatchSettings, Watcher};
+use baton_supervisor::fswatch::{ChangeBatch, WatchError, WatchSettings, Watcher};
 use tokio::time::timeout;
 
 const DEADLINE: Duration = Duration::from_secs(10);

@@ -1,0 +1,147 @@
+//! `--listen udp://`: one UDP socket for every generation. A new
+//! generation is ready (`--ready auto`) once it waits for datagrams on it;
+//! the old one then stops reading between two datagrams, and whatever is
+//! queued in the one receive buffer goes to the new one. Nothing is lost.
+
+use std::collections::BTreeSet;
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use baton_e2e::{Baton, DEADLINE, eventually, exclusive};
+use nix::sys::signal::Signal;
+
+use super::*;
+
+/// Datagrams per second the client sends, open loop.
+const RATE: u64 = 2000;
+
+#[test]
+fn a_udp_echo_server_reloaded_under_load_loses_no_datagram() {
+    let _serial = exclusive();
+    let echo = fixture("udp_echo.py").display().to_string();
+    let mut baton = Baton::start(&baton_args(
+        "dns=udp://127.0.0.1:0",
+        &["--ready", "auto"],
+        &[python(), &echo],
+    ));
+    let line = baton.wait_for(&["listening", "name=dns "]);
+    let addr: SocketAddr = field(&line, "addr")
+        .and_then(|a| a.strip_prefix("udp://"))
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no udp:// address in {line:?}"));
+    baton.wait_ready(1);
+    assert!(
+        baton.output().contains("blocked in poll"),
+        "{}",
+        baton.output()
+    );
+
+    let client = Client::start(addr);
+    for generation in 2..=RELOADS + 1 {
+        client.wait_answers(200);
+        baton.signal(Signal::SIGHUP);
+        baton.wait_ready(generation);
+    }
+    client.wait_answers(200);
+    let (sent, answered) = client.finish();
+    baton.signal(Signal::SIGTERM);
+    assert!(baton.wait_exit().success(), "{}", baton.output());
+    let lost = sent - answered;
+    eprintln!(
+        "udp echo: {RELOADS} reloads, {sent} datagrams sent at {RATE}/s, {answered} answered, {lost} lost; time to ready: {}",
+        spread((1..=RELOADS + 1).map(|g| ready_ms(&baton, g)).collect())
+    );
+    assert_eq!(lost, 0, "{lost} of {sent} datagrams were not answered");
+}
+
+/// Sends numbered datagrams at [`RATE`] and collects the echoes.
+struct Client {
+    sent: Arc<AtomicU64>,
+    answered: Arc<Mutex<BTreeSet<u64>>>,
+    stop: Arc<AtomicBool>,
+    sender: std::thread::JoinHandle<()>,
+}
+
+impl Client {
+    fn start(server: SocketAddr) -> Client {
+        let socket = UdpSocket::bind("127.0.0.1:0").expect("bind the client");
+        socket.connect(server).expect("connect the client");
+        socket
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .expect("a read timeout");
+        let sent = Arc::new(AtomicU64::new(0));
+        let answered = Arc::new(Mutex::new(BTreeSet::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let receiver = socket.try_clone().expect("clone the client");
+        {
+            let answered = answered.clone();
+            let stop = stop.clone();
+            let sent = sent.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 64];
+                loop {
+                    match receiver.recv(&mut buf) {
+                        Ok(8) => {
+                            let n = u64::from_be_bytes(buf[..8].try_into().unwrap());
+                            answered.lock().unwrap().insert(n);
+                        }
+                        Ok(_) => {}
+                        Err(_) => {
+                            // Idle: done once stopped and every echo that
+                            // will come has come.
+                            let all = answered.lock().unwrap().len() as u64;
+                            if stop.load(Ordering::SeqCst) && all == sent.load(Ordering::SeqCst) {
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+        let sender = {
+            let sent = sent.clone();
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let start = Instant::now();
+                // Bounded: the test ends long before.
+                while !stop.load(Ordering::SeqCst) && start.elapsed() < 2 * DEADLINE {
+                    let n = sent.load(Ordering::SeqCst);
+                    socket.send(&n.to_be_bytes()).expect("send a datagram");
+                    sent.store(n + 1, Ordering::SeqCst);
+                    // Open-loop pacing, not a wait for an event.
+                    let due = start + Duration::from_micros((n + 1) * 1_000_000 / RATE);
+                    if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                        std::thread::sleep(wait);
+                    }
+                }
+            })
+        };
+        Client {
+            sent,
+            answered,
+            stop,
+            sender,
+        }
+    }
+
+    /// Wait until `more` echoes beyond those so far came back.
+    fn wait_answers(&self, more: u64) {
+        let target = self.answered.lock().unwrap().len() as u64 + more;
+        assert!(
+            eventually(|| self.answered.lock().unwrap().len() as u64 >= target),
+            "echoes stopped coming"
+        );
+    }
+
+    /// Stop sending; wait (with the deadline) for the echoes still on
+    /// their way; return (sent, answered).
+    fn finish(self) -> (u64, u64) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.sender.join().expect("the sender");
+        let sent = self.sent.load(Ordering::SeqCst);
+        eventually(|| self.answered.lock().unwrap().len() as u64 == sent);
+        (sent, self.answered.lock().unwrap().len() as u64)
+    }
+}
