@@ -24,34 +24,28 @@ pub const DEADLINE: Duration = Duration::from_secs(60);
 /// The environment variable that marks every process of one baton's tree.
 pub const TOKEN_VAR: &str = "BATON_E2E_TOKEN";
 
-/// The `baton` binary, built once per test process.
+mod build;
+
+/// The `baton` binary, built (or found up to date) once per test process.
 pub fn baton_bin() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| build("baton", "baton"))
+    workspace_bin("baton")
 }
 
-/// The `test-worker` binary, built once per test process.
+/// The `test-worker` binary, built (or found up to date) once per test process.
 pub fn test_worker_bin() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| build("test-worker", "test-worker"))
+    workspace_bin("test-worker")
 }
 
-fn build(package: &str, bin: &str) -> PathBuf {
-    let build = escargot::CargoBuild::new()
-        .package(package)
-        .bin(bin)
-        .current_target();
-    // Build with the profile the tests themselves were built with.
-    let build = if cfg!(debug_assertions) {
-        build
-    } else {
-        build.release()
-    };
-    build
-        .run()
-        .unwrap_or_else(|e| panic!("cannot build {bin}: {e}"))
-        .path()
-        .to_path_buf()
+/// A binary of this workspace the tests run (`baton`, `test-worker`,
+/// `listenfd-server`), built (or found up to date) once per test process
+/// with the others, in the build of the test itself (see `src/build.rs`).
+pub fn workspace_bin(name: &str) -> &'static Path {
+    static BINS: OnceLock<build::Binaries> = OnceLock::new();
+    let index = build::BINARIES
+        .iter()
+        .position(|&bin| bin == name)
+        .unwrap_or_else(|| panic!("{name} is not one of {:?}", build::BINARIES));
+    &BINS.get_or_init(build::build).0[index]
 }
 
 /// Load tests share two cores: run them one at a time.

@@ -336,7 +336,7 @@ RUST_LOG = "info"
             "ready = notify",
             "ready_timeout = 30s",
             "stop_signal = SIGQUIT",
-            "drain_timeout = 60s",
+            "drain_timeout = 1m",
             "max_draining = 2",
             "watchdog = 10s",
             "start_limit = 3",
@@ -356,7 +356,7 @@ RUST_LOG = "info"
     for line in [
         "backlog = 1024",
         "ready = delay=1s",
-        "ready_timeout = 60s",
+        "ready_timeout = 1m",
         "stop_signal = SIGTERM",
         "drain_timeout = 30s",
         "max_draining = 4",
@@ -523,7 +523,7 @@ fn a_baton_variable_ranks_between_the_flag_and_the_file() {
     let has = |stdout: &str, line: &str| stdout.lines().any(|l| l == line);
     let stdout = resolved(&[]);
     assert!(has(&stdout, "drain_timeout = 5s"), "{stdout}");
-    assert!(has(&stdout, "ready_timeout = 60s"), "{stdout}");
+    assert!(has(&stdout, "ready_timeout = 1m"), "{stdout}");
     let stdout = resolved(&[
         ("BATON_DRAIN_TIMEOUT", "9s"),
         ("BATON_READY_TIMEOUT", "7s"),

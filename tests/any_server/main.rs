@@ -81,23 +81,7 @@ fn go_server() -> &'static Path {
 
 /// The `listenfd-server` crate's binary, built once per test run.
 fn listenfd_server() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let build = escargot::CargoBuild::new()
-            .package("listenfd-server")
-            .bin("listenfd-server")
-            .current_target();
-        let build = if cfg!(debug_assertions) {
-            build
-        } else {
-            build.release()
-        };
-        build
-            .run()
-            .expect("build listenfd-server")
-            .path()
-            .to_path_buf()
-    })
+    baton_e2e::workspace_bin("listenfd-server")
 }
 
 /// `baton run --listen LISTEN FLAGS… -- COMMAND…`.

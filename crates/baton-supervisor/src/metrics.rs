@@ -1,7 +1,7 @@
 //! `--metrics ADDR`: `GET /` (the [status page](page) a person looks
 //! at), `GET /metrics` in the Prometheus text format and `GET /status`
 //! (the JSON of `baton ctl status`), served with hyper from the snapshot
-//! the driver publishes. Anything else is 404.
+//! the driver publishes, over HTTP/1 only. Anything else is 404.
 
 pub mod history;
 pub mod page;
@@ -281,8 +281,10 @@ pub async fn serve(listener: std::net::TcpListener, snapshots: watch::Receiver<A
                 let snapshot = snapshots.borrow().clone();
                 async move { Ok::<_, Infallible>(answer(&request, &snapshot)) }
             });
-            // HTTP/1 only: hyper-util's protocol detection runs without
-            // a timer, so a client that sends nothing would be kept.
+            // HTTP/1 only: Prometheus and curl speak it, HTTP/2 would compile
+            // h2 into baton for nothing, and hyper-util's protocol detection
+            // runs without a timer, so a client that sends nothing would be
+            // kept.
             let _ = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_READ_TIMEOUT)

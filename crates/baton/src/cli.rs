@@ -52,6 +52,12 @@ pub enum Command {
     Ctl(CtlArgs),
     /// Validate a config file and print the settings it resolves to.
     Check(CheckArgs),
+    /// Print a shell completion script (e.g. `baton completions bash >
+    /// /usr/share/bash-completion/completions/baton`).
+    Completions(CompletionsArgs),
+    /// Print the manual page, in roff (`baton man | man -l -`), or write
+    /// one page per subcommand to a directory.
+    Man(ManArgs),
 }
 
 /// `baton run`. Every option may also come from `--config`, most from a
@@ -148,7 +154,8 @@ pub struct RunArgs {
     /// The worker's command and its arguments: after `--`, or from the
     /// first argument that does not start with `-` (so that a misspelled
     /// option is an error, not the command).
-    /// (Checked by hand, not by clap: clap's "required" error spans lines.)
+    // Required, but checked by hand rather than by clap: clap's "required"
+    // error spans lines, and the config file may give the command instead.
     #[arg(value_name = "COMMAND", num_args = 1.., trailing_var_arg = true)]
     pub command: Vec<OsString>,
 }
@@ -190,6 +197,22 @@ pub struct CheckArgs {
     pub config: PathBuf,
 }
 
+/// `baton completions`.
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+/// `baton man`.
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// Write baton.1, baton-run.1, … into this directory instead.
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+}
+
 /// The command line, with each default the merge applies and each
 /// option's `BATON_*` variable appended to its help: written once, the
 /// help cannot disagree with them.
@@ -227,28 +250,11 @@ pub fn parse_listener(spec: &str) -> Result<String, String> {
     Ok(spec.to_owned())
 }
 
-/// `500ms`, `2s`, `1m`, `1h`.
+/// A duration in humantime's grammar: `500ms`, `2s`, `1m 30s`, `1h`, `0`.
+/// The one parser of durations: flags, `BATON_*` variables and the file.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let expected = || "expected a duration like 500ms, 2s or 1m (or 0)".to_owned();
-    if text == "0" {
-        return Ok(Duration::ZERO);
-    }
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(expected)?;
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number.parse().map_err(|_| expected())?;
-    let unit_ms = match unit {
-        "ms" => 1,
-        "s" => 1000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        _ => return Err(expected()),
-    };
-    number
-        .checked_mul(unit_ms)
-        .map(Duration::from_millis)
-        .ok_or_else(expected)
+    humantime::parse_duration(text)
+        .map_err(|e| format!("expected a duration like 500ms, 2s or 1m 30s ({e})"))
 }
 
 /// A duration that is not zero: `--ready-timeout` (a worker cannot be
@@ -295,13 +301,9 @@ pub fn parse_count<T: FromStr<Err = ParseIntError>>(text: &str) -> Result<T, Str
     })
 }
 
-/// A duration as [`parse_duration`] reads it.
+/// A duration as [`parse_duration`] reads it: `1s 500ms`, `0s`.
 pub fn format_duration(duration: Duration) -> String {
-    match duration.as_millis() {
-        0 => "0".to_owned(),
-        ms if ms % 1000 == 0 => format!("{}s", ms / 1000),
-        ms => format!("{ms}ms"),
-    }
+    humantime::format_duration(duration).to_string()
 }
 
 /// A readiness as [`parse_readiness`] reads it.
@@ -392,9 +394,12 @@ mod tests {
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
         assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_duration("1m 30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1s 500ms"), Ok(Duration::from_millis(1500)));
         assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
-        for bad in ["", "5", "s", "1.5s", "-1s", "2 s", "3d"] {
-            assert!(parse_duration(bad).is_err(), "{bad}");
+        for bad in ["", "5", "s", "-1s", "soon", "2 parsecs"] {
+            let err = parse_duration(bad).unwrap_err();
+            assert!(err.starts_with("expected a duration like"), "{bad}: {err}");
         }
     }
 
@@ -506,14 +511,16 @@ mod tests {
 
     #[test]
     fn what_is_formatted_parses_back() {
-        for ms in [0, 1, 300, 1000, 1500, 60_000] {
+        for ms in [0, 1, 300, 1000, 1500, 60_000, 90_061_001] {
             let duration = Duration::from_millis(ms);
             assert_eq!(parse_duration(&format_duration(duration)), Ok(duration));
         }
+        assert_eq!(format_duration(Duration::from_millis(1500)), "1s 500ms");
         for readiness in [
             Readiness::Notify,
             Readiness::Auto,
             Readiness::Delay(Duration::from_secs(1)),
+            Readiness::Delay(Duration::from_millis(2500)),
         ] {
             assert_eq!(parse_readiness(&format_readiness(readiness)), Ok(readiness));
         }

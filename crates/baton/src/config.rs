@@ -429,17 +429,19 @@ pub fn render(resolved: &Resolved) -> String {
     for (key, value) in &blueprint.env {
         out.push(format!("env.{} = {:?}", key.to_string_lossy(), value));
     }
-    out.push(match s.readiness {
-        Readiness::Notify => "ready = notify".to_owned(),
-        Readiness::Auto => "ready = auto".to_owned(),
-        Readiness::Delay(d) => format!("ready = delay={d:?}"),
-    });
-    out.push(format!("ready_timeout = {:?}", s.ready_timeout));
+    out.push(format!("ready = {}", cli::format_readiness(s.readiness)));
+    out.push(format!(
+        "ready_timeout = {}",
+        cli::format_duration(s.ready_timeout)
+    ));
     out.push(format!("stop_signal = {}", s.stop_signal));
-    out.push(format!("drain_timeout = {:?}", s.drain_timeout));
+    out.push(format!(
+        "drain_timeout = {}",
+        cli::format_duration(s.drain_timeout)
+    ));
     out.push(format!("max_draining = {}", s.max_draining));
     if let Some(interval) = s.watchdog {
-        out.push(format!("watchdog = {interval:?}"));
+        out.push(format!("watchdog = {}", cli::format_duration(interval)));
     }
     out.push(format!("start_limit = {}", s.start_limit));
     out.push(format!("name = {}", resolved.name));
@@ -467,11 +469,17 @@ pub fn render(resolved: &Resolved) -> String {
         if let Some(ext) = &dev.watch.extensions {
             out.push(format!("ext = {}", ext.join(",")));
         }
-        out.push(format!("debounce = {:?}", dev.watch.debounce));
+        out.push(format!(
+            "debounce = {}",
+            cli::format_duration(dev.watch.debounce)
+        ));
         if let Some(build) = &dev.build {
             out.push(format!("build = {build:?}"));
         }
-        out.push(format!("min_interval = {:?}", dev.min_interval));
+        out.push(format!(
+            "min_interval = {}",
+            cli::format_duration(dev.min_interval)
+        ));
     }
     out.join("\n")
 }

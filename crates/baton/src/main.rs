@@ -21,9 +21,12 @@ use baton_supervisor::signals::SignalTable;
 use baton_supervisor::spawn::{SpawnError, resolve_program};
 use baton_supervisor::systemd::SystemdNotifier;
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
+use tracing::Level;
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
-use crate::cli::{CheckArgs, Cli, Command, CtlAction, CtlArgs, LogFormat, RunArgs};
+use crate::cli::{CheckArgs, Cli, Command, CtlAction, CtlArgs, LogFormat, ManArgs, RunArgs};
 use crate::config::ConfigError;
 
 fn main() -> ExitCode {
@@ -38,6 +41,12 @@ fn main() -> ExitCode {
         Command::Run(args) => run(*args).map(|()| ExitCode::SUCCESS),
         Command::Ctl(args) => ctl(args),
         Command::Check(args) => check(args).map(|()| ExitCode::SUCCESS),
+        Command::Completions(args) => {
+            let mut script = Vec::new();
+            clap_complete::generate(args.shell, &mut cli::command(), "baton", &mut script);
+            print_bytes(&script).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Man(args) => man(args).map(|()| ExitCode::SUCCESS),
     };
     let code = match result {
         Ok(code) => code,
@@ -64,16 +73,35 @@ fn describe(error: &anyhow::Error) -> String {
     text
 }
 
+/// `RUST_LOG` (`LEVEL` or `TARGET=LEVEL,...`) over `--log-level`. A
+/// `Targets` filter rather than an `EnvFilter`: the same directives but
+/// for span and field filters, without the regex engine those need.
+fn log_filter(rust_log: Option<&str>, level: &str) -> Targets {
+    rust_log
+        .filter(|value| !value.is_empty())
+        .and_then(|value| value.parse().ok())
+        .or_else(|| level.parse().ok())
+        .unwrap_or_else(|| Targets::new().with_default(Level::INFO))
+}
+
 fn init_logging(format: LogFormat, level: &str) -> logging::LogGuard {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let filter = log_filter(std::env::var("RUST_LOG").ok().as_deref(), level);
     let (writer, guard) = logging::stderr();
     let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
         .with_writer(writer)
         .with_target(false);
     match format {
-        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .finish()
+            .with(filter)
+            .init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .finish()
+            .with(filter)
+            .init(),
     }
     guard
 }
@@ -244,6 +272,32 @@ fn check(args: CheckArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `baton man`: the pages come from the same command line as `--help`.
+fn man(args: ManArgs) -> anyhow::Result<()> {
+    let command = cli::command().about(
+        "supervisor for zero-downtime restarts: holds the listening sockets, \
+         hands them to every new worker",
+    );
+    match args.dir {
+        Some(dir) => std::fs::create_dir_all(&dir)
+            .and_then(|()| clap_mangen::generate_to(command, &dir))
+            .with_context(|| format!("cannot write the manual pages to {}", dir.display())),
+        None => {
+            let mut page = Vec::new();
+            clap_mangen::Man::new(command).render(&mut page)?;
+            print_bytes(&page)
+        }
+    }
+}
+
+/// Write to stdout; a closed pipe (`| head`) is an error, not a panic.
+fn print_bytes(bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(bytes).and_then(|()| stdout.flush())?;
+    Ok(())
+}
+
 fn empty_run_args() -> RunArgs {
     match Cli::parse_from(["baton", "run"]).command {
         Command::Run(args) => *args,
@@ -282,4 +336,36 @@ fn ctl(args: CtlArgs) -> anyhow::Result<ExitCode> {
 fn stdout(text: &str) {
     use std::io::Write;
     let _ = std::io::stdout().lock().write_all(text.as_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use tracing::level_filters::LevelFilter;
+
+    use super::*;
+
+    #[test]
+    fn rust_log_overrides_the_log_level() {
+        let level = |rust_log, level, target| {
+            log_filter(rust_log, level)
+                .iter()
+                .find(|(t, _)| *t == target)
+                .map(|(_, l)| l)
+                .or_else(|| log_filter(rust_log, level).default_level())
+        };
+        assert_eq!(level(None, "info", "baton"), Some(LevelFilter::INFO));
+        assert_eq!(level(Some(""), "warn", "baton"), Some(LevelFilter::WARN));
+        assert_eq!(
+            level(Some("debug"), "warn", "baton"),
+            Some(LevelFilter::DEBUG)
+        );
+        assert_eq!(
+            level(
+                Some("info,baton_supervisor=trace"),
+                "warn",
+                "baton_supervisor"
+            ),
+            Some(LevelFilter::TRACE)
+        );
+    }
 }

@@ -1,0 +1,85 @@
+#!/bin/sh
+# Build baton's Debian package from a built binary, with dpkg-deb alone:
+#   cargo build --profile dist -p baton && packaging/build-deb.sh
+#   packaging/build-deb.sh [BATON_BINARY [OUT_DIR]]
+# (defaults: target/dist/baton, target/debian). The package holds the
+# binary, its manual pages and shell completions (made by the binary
+# itself), the baton@.service template in /lib/systemd/system (instances
+# read /etc/baton/NAME.toml) and the other units as examples, each with
+# ExecStart= pointing at /usr/bin/baton. Its contents are listed in
+# [package.metadata.deb] of crates/baton/Cargo.toml, for cargo-deb (which
+# reads the generated files from assets/ next to the binary: run this
+# script first, then `cargo deb -p baton --profile dist --no-build`), and
+# crates/baton/tests/package.rs checks that both agree. DEB_COMPRESSION=none
+# (or xz) chooses dpkg-deb's compression, gzip by default.
+set -eu
+root=$(cd "$(dirname "$0")/.." && pwd)
+target=${CARGO_TARGET_DIR:-$root/target}
+given=${1:-$target/dist/baton}
+baton=$(realpath "$given")
+out=${2:-$target/debian}
+[ -x "$baton" ] || { echo "no baton binary at $given (cargo build --profile dist -p baton)" >&2; exit 1; }
+command -v dpkg-deb >/dev/null || { echo "dpkg-deb is needed (apt-get install dpkg)" >&2; exit 1; }
+
+version=$("$baton" --version | cut -d' ' -f2)
+arch=$(dpkg --print-architecture)
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+# The generated files, where [package.metadata.deb] expects them.
+assets=$(dirname "$given")/assets
+mkdir -p "$assets/man" "$assets/completions" "$assets/systemd"
+rm -f "$assets"/man/*
+"$baton" man --dir "$assets/man"
+gzip -9nf "$assets"/man/*.1
+"$baton" completions bash >"$assets/completions/baton.bash"
+"$baton" completions zsh >"$assets/completions/_baton"
+"$baton" completions fish >"$assets/completions/baton.fish"
+for unit in "$root"/systemd/*.service "$root"/systemd/*.socket; do
+    sed 's|/usr/local/bin/baton|/usr/bin/baton|g' "$unit" >"$assets/systemd/$(basename "$unit")"
+done
+
+tree=$work/tree
+put() { # SOURCE DEST_DIR MODE [NAME]
+    install -D -m "$3" "$1" "$tree/$2/${4:-$(basename "$1")}"
+}
+put "$baton" usr/bin 755
+for page in "$assets"/man/*.1.gz; do put "$page" usr/share/man/man1 644; done
+put "$assets/completions/baton.bash" usr/share/bash-completion/completions 644 baton
+put "$assets/completions/_baton" usr/share/zsh/vendor-completions 644
+put "$assets/completions/baton.fish" usr/share/fish/vendor_completions.d 644
+put "$assets/systemd/baton@.service" lib/systemd/system 644
+for unit in baton.service baton-socket.service baton-socket.socket; do
+    put "$assets/systemd/$unit" usr/share/doc/baton/examples/systemd 644
+done
+{
+    printf 'Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/\n'
+    printf 'Upstream-Name: baton\n\nFiles: *\nCopyright: the baton developers\n'
+    printf 'License: MIT or Apache-2.0\n See /usr/share/doc/baton/LICENSE-MIT and LICENSE-APACHE.\n'
+} >"$work/copyright"
+put "$work/copyright" usr/share/doc/baton 644
+put "$root/LICENSE-MIT" usr/share/doc/baton 644
+put "$root/LICENSE-APACHE" usr/share/doc/baton 644
+
+mkdir -p "$tree/DEBIAN"
+size=$(du -sk --exclude=DEBIAN "$tree" | cut -f1)
+cat >"$tree/DEBIAN/control" <<CONTROL
+Package: baton
+Version: $version
+Architecture: $arch
+Maintainer: the baton developers <baton@invalid>
+Installed-Size: $size
+Depends: libc6
+Section: admin
+Priority: optional
+Description: supervisor daemon for zero-downtime restarts
+ baton binds a server's listening sockets once and hands them to every
+ new worker it starts (systemd's socket-activation protocol). A reload
+ starts the next worker on the same sockets, waits until it is ready, and
+ only then asks the old one to drain: no connection is refused or failed.
+CONTROL
+
+mkdir -p "$out"
+deb=$out/baton_${version}_$arch.deb
+dpkg-deb --root-owner-group -Z"${DEB_COMPRESSION:-gzip}" --build "$tree" "$deb" >/dev/null
+echo "$deb"
