@@ -40,7 +40,7 @@ const DURATIONS: [&str; 5] = [
 fn the_durations_baton_check_prints_read_back() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("baton.toml");
-    let base = "command = [\"/bin/app\"]\nlisten = [\"http=127.0.0.1:8080\"]\nwatch = [\"src\"]\n";
+    let base = "command = [\"/bin/sh\"]\nlisten = [\"http=127.0.0.1:8080\"]\nwatch = [\"src\"]\n";
     std::fs::write(
         &config,
         format!(
