@@ -1,6 +1,6 @@
 use std::sync::Arc;
 
-use super::format::{bytes, duration, esc, nice_bytes, nice_ceiling};
+use super::format::{bytes, duration, esc, magnitude, nice_bytes, nice_ceiling};
 use super::*;
 use crate::metrics::history::CostHistory;
 use crate::status::{Counters, ReloadRecord, Trigger, Usage};
@@ -190,6 +190,29 @@ fn figures_read_well() {
     assert_eq!(nice_ceiling(23.0), 25.0);
     assert_eq!(nice_ceiling(3.0), 5.0);
     assert_eq!(nice_ceiling(0.0), 1.0);
+}
+
+#[test]
+fn the_magnitude_is_the_power_of_ten_log10_gives() {
+    // What `nice_ceiling` computed before it stopped using libm: the same
+    // value over the whole range the page's axes use, at and around every
+    // power of ten.
+    for exp in -12..=15 {
+        let power = 10f64.powi(exp);
+        for x in [
+            power,
+            power * (1.0 + 1e-12),
+            power * (1.0 - 1e-12),
+            power * 1.5,
+            power * 2.5,
+            power * 9.99,
+        ] {
+            assert_eq!(magnitude(x), 10f64.powf(x.log10().floor()), "{x:e}");
+        }
+    }
+    for x in (1..100_000).map(|i| i as f64 * 0.37) {
+        assert_eq!(magnitude(x), 10f64.powf(x.log10().floor()), "{x}");
+    }
 }
 
 #[test]
