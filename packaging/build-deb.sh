@@ -52,27 +52,24 @@ put "$assets/systemd/baton@.service" lib/systemd/system 644
 for unit in baton.service baton-socket.service baton-socket.socket; do
     put "$assets/systemd/$unit" usr/share/doc/baton/examples/systemd 644
 done
-{
-    printf 'Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/\n'
-    printf 'Upstream-Name: baton\n\nFiles: *\nCopyright: the baton developers\n'
-    printf 'License: MIT or Apache-2.0\n See /usr/share/doc/baton/LICENSE-MIT and LICENSE-APACHE.\n'
-} >"$work/copyright"
-put "$work/copyright" usr/share/doc/baton 644
+put "$root/packaging/copyright" usr/share/doc/baton 644
 put "$root/LICENSE-MIT" usr/share/doc/baton 644
 put "$root/LICENSE-APACHE" usr/share/doc/baton 644
 
 mkdir -p "$tree/DEBIAN"
-size=$(du -sk --exclude=DEBIAN "$tree" | cut -f1)
+# Counted as cargo-deb does: each file's size in kB, plus 1 kB for its entry.
+size=$(find "$tree" -type f ! -path "$tree/DEBIAN/*" -printf '%s\n' |
+    awk '{ kb += int(($1 + 2047) / 1024) } END { print kb }')
 cat >"$tree/DEBIAN/control" <<CONTROL
 Package: baton
 Version: $version
 Architecture: $arch
-Maintainer: the baton developers <baton@invalid>
+Maintainer: baton developers <baton@users.noreply.github.com>
 Installed-Size: $size
 Depends: libc6
 Section: admin
 Priority: optional
-Description: supervisor daemon for zero-downtime restarts
+Description: Supervisor daemon for zero-downtime restarts
  baton binds a server's listening sockets once and hands them to every
  new worker it starts (systemd's socket-activation protocol). A reload
  starts the next worker on the same sockets, waits until it is ready, and

@@ -38,14 +38,29 @@ fn contents(deb: &Path) -> BTreeSet<String> {
         .collect()
 }
 
-/// Where cargo-deb would install each asset of `[package.metadata.deb]`,
-/// with `target/` read as `target_dir` and `*` expanded in file names.
-fn cargo_deb_destinations(target_dir: &Path) -> BTreeSet<String> {
+/// `[package.metadata.deb]` of crates/baton/Cargo.toml.
+fn deb_metadata() -> toml::Table {
     let manifest =
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
             .expect("crates/baton/Cargo.toml");
-    let manifest: toml::Table = manifest.parse().expect("valid TOML");
-    let assets = manifest["package"]["metadata"]["deb"]["assets"]
+    let mut manifest: toml::Table = manifest.parse().expect("valid TOML");
+    let toml::Value::Table(mut package) = manifest.remove("package").unwrap() else {
+        panic!("[package]")
+    };
+    let toml::Value::Table(mut metadata) = package.remove("metadata").unwrap() else {
+        panic!("[package.metadata]")
+    };
+    match metadata.remove("deb") {
+        Some(toml::Value::Table(deb)) => deb,
+        _ => panic!("[package.metadata.deb]"),
+    }
+}
+
+/// Where cargo-deb would install each asset of `[package.metadata.deb]`,
+/// with `target/` read as `target_dir` and `*` expanded in file names.
+fn cargo_deb_destinations(target_dir: &Path) -> BTreeSet<String> {
+    let deb = deb_metadata();
+    let assets = deb["assets"]
         .as_array()
         .expect("[package.metadata.deb] assets");
     let mut destinations = BTreeSet::new();
@@ -126,10 +141,15 @@ fn the_package_holds_the_binary_the_pages_the_completions_and_the_units() {
     ] {
         assert!(files.contains(file), "no {file} in the package");
     }
-    // cargo-deb writes the copyright file itself; every other file is an
-    // asset, and each asset is in the package.
+    // cargo-deb writes the copyright file from its license-file (the same
+    // file, used as it is); every other file is an asset, and each asset is
+    // in the package.
     let mut expected = cargo_deb_destinations(&target);
     expected.insert("usr/share/doc/baton/copyright".to_owned());
+    assert_eq!(
+        deb_metadata()["license-file"][0].as_str(),
+        Some("../../packaging/copyright")
+    );
     assert_eq!(
         files, expected,
         "packaging/build-deb.sh and [package.metadata.deb] differ"
@@ -138,6 +158,28 @@ fn the_package_holds_the_binary_the_pages_the_completions_and_the_units() {
     let field = |name: &str| stdout(Command::new("dpkg-deb").arg("--field").arg(&deb).arg(name));
     assert_eq!(field("Package").trim(), "baton");
     assert_eq!(field("Version").trim(), env!("CARGO_PKG_VERSION"));
+    // The control fields cargo-deb would write from the same metadata.
+    let deb_metadata = deb_metadata();
+    for (name, key) in [
+        ("Maintainer", "maintainer"),
+        ("Depends", "depends"),
+        ("Section", "section"),
+        ("Priority", "priority"),
+    ] {
+        assert_eq!(
+            field(name).trim(),
+            deb_metadata[key].as_str().unwrap(),
+            "{name}"
+        );
+    }
+    let description = field("Description");
+    let (synopsis, extended) = description.split_once('\n').unwrap();
+    assert_eq!(synopsis, env!("CARGO_PKG_DESCRIPTION"));
+    let words = |text: &str| text.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert_eq!(
+        words(extended),
+        words(deb_metadata["extended-description"].as_str().unwrap())
+    );
 
     // Inside: the units point at the packaged binary, the pages are roff.
     let root = dir.path().join("root");
@@ -148,6 +190,10 @@ fn the_package_holds_the_binary_the_pages_the_completions_and_the_units() {
         "{template}"
     );
     assert!(!template.contains("/usr/local/bin/baton"), "{template}");
+    assert_eq!(
+        std::fs::read_to_string(root.join("usr/share/doc/baton/copyright")).unwrap(),
+        std::fs::read_to_string(workspace().join("packaging/copyright")).unwrap()
+    );
     let page = stdout(Command::new("zcat").arg(root.join("usr/share/man/man1/baton-run.1.gz")));
     assert!(page.contains(".TH baton-run 1"), "{page}");
     assert!(page.contains("drain\\-timeout"), "{page}");
