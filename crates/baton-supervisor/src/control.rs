@@ -50,6 +50,11 @@ pub enum ControlError {
         "no baton answers on control socket {0}: the file is stale (the baton that made it is gone); start baton again, or remove the file"
     )]
     Stale(PathBuf),
+    /// Nothing at the path `baton ctl` was given or derived.
+    #[error(
+        "no control socket at {0}: no baton is running there (is the --name or --control right?)"
+    )]
+    Missing(PathBuf),
     /// `baton ctl` found no live control socket in the default directory.
     #[error(
         "no running baton found (no live control socket in {}{}): is baton running as this user? use --name or --control",
@@ -111,7 +116,9 @@ impl ControlError {
     /// (or no directory), or a stale one. `baton ctl` exits 3 for it.
     pub fn no_baton(&self) -> bool {
         match self {
-            ControlError::NotRunning { .. } | ControlError::Stale(_) => true,
+            ControlError::NotRunning { .. } | ControlError::Stale(_) | ControlError::Missing(_) => {
+                true
+            }
             ControlError::Io { source, .. } => source.kind() == io::ErrorKind::NotFound,
             ControlError::Unsafe(error) => error.is_not_found(),
             _ => false,

@@ -75,9 +75,15 @@ pub fn request(path: &Path, command: Command) -> Result<Response, ControlError> 
         path: path.to_owned(),
         source,
     };
-    let (dir, name) = socket_dir(path, false)?;
+    let (dir, name) = match socket_dir(path, false) {
+        Err(ControlError::Unsafe(error)) if error.is_not_found() => {
+            return Err(ControlError::Missing(path.to_owned()));
+        }
+        other => other?,
+    };
     match dir.kind(name).map_err(io_err)? {
-        Some(Kind::Socket) | None => {}
+        Some(Kind::Socket) => {}
+        None => return Err(ControlError::Missing(path.to_owned())),
         Some(_) => return Err(ControlError::NotASocket(path.to_owned())),
     }
     let mut stream = StdUnixStream::connect(dir.entry(name)).map_err(|e| {
