@@ -203,6 +203,10 @@ fn the_pid_file_names_the_running_baton_and_goes_with_it() {
         output.find("listening") < output.find("pid file"),
         "written once the sockets are bound: {output}"
     );
+    // At once, before any worker is ready: baton already handles HUP (it
+    // reloads once generation 1 is ready), rather than die of it.
+    let pid = nix::unistd::Pid::from_raw(text.trim().parse().unwrap());
+    nix::sys::signal::kill(pid, Signal::SIGHUP).unwrap();
 
     let mut second = Baton::start(&args);
     let status = second.wait_exit();
@@ -217,9 +221,6 @@ fn the_pid_file_names_the_running_baton_and_goes_with_it() {
     );
     assert_eq!(std::fs::read_to_string(&pid_file).unwrap(), text);
 
-    let pid = nix::unistd::Pid::from_raw(text.trim().parse().unwrap());
-    baton.wait_ready(1);
-    nix::sys::signal::kill(pid, Signal::SIGHUP).unwrap();
     baton.wait_ready(2);
     baton.signal(Signal::SIGTERM);
     assert!(baton.wait_exit().success(), "{}", baton.output());

@@ -152,8 +152,8 @@ fn run(mut args: RunArgs) -> anyhow::Result<()> {
     }
     check_command(&resolved)?;
     // Checked before anything is bound (a running baton holding it is the
-    // clearer error), published once everything is.
-    let mut pid_file = resolved
+    // clearer error), published by the driver once it handles signals.
+    let pid_file = resolved
         .pid_file
         .as_deref()
         .map(PidFile::claim)
@@ -210,10 +210,6 @@ fn run(mut args: RunArgs) -> anyhow::Result<()> {
     if let Some(listener) = &metrics {
         tracing::info!(addr = %listener.local_addr()?, "metrics");
     }
-    if let Some(pid_file) = &mut pid_file {
-        pid_file.publish()?;
-        tracing::info!(path = %pid_file.path().display(), "pid file");
-    }
     let reloader: Option<Reloader> = args.config.is_some().then(|| {
         let args = args.clone();
         let at_start = config::StartOnly::of(&resolved);
@@ -239,6 +235,7 @@ fn run(mut args: RunArgs) -> anyhow::Result<()> {
         dev: resolved.dev,
         runtime,
         signals: SignalTable::new(&resolved.forward_signals),
+        pid_file,
     };
     // Before the runtime, so that no worker can exist unguarded.
     let guardian = Guardian::start().context("cannot start the guardian process")?;
@@ -250,8 +247,6 @@ fn run(mut args: RunArgs) -> anyhow::Result<()> {
         let driver = Driver::new(config, Some(guardian))?;
         driver.run().await
     })?;
-    // Removed at exit, whatever the outcome: no baton runs with it now.
-    drop(pid_file);
     Ok(())
 }
 
