@@ -1,5 +1,5 @@
-//! How each file value is read: by the same `cli::parse_*` function as
-//! its flag and variable, so the error names the file, line and key.
+//! The file's values, checked as they are read by the same `cli::parse_*`
+//! function as the flag's: the error then names the file, line and key.
 
 use std::num::ParseIntError;
 use std::str::FromStr;
@@ -10,7 +10,10 @@ use serde::{Deserialize, Deserializer};
 
 use crate::cli;
 
-fn parsed<'de, D, T>(d: D, parse: fn(&str) -> Result<T, String>) -> Result<Option<T>, D::Error>
+pub(super) fn parsed<'de, D, T>(
+    d: D,
+    parse: fn(&str) -> Result<T, String>,
+) -> Result<Option<T>, D::Error>
 where
     D: Deserializer<'de>,
 {
@@ -18,32 +21,32 @@ where
     parse(&text).map(Some).map_err(serde::de::Error::custom)
 }
 
-pub fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+pub(super) fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
     parsed(d, cli::parse_duration)
 }
 
-pub fn timeout<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+pub(super) fn timeout<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
     parsed(d, cli::parse_timeout)
 }
 
-pub fn readiness<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Readiness>, D::Error> {
+pub(super) fn readiness<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Readiness>, D::Error> {
     parsed(d, cli::parse_readiness)
 }
 
-pub fn signal<'de, D: Deserializer<'de>>(d: D) -> Result<Option<StopSignal>, D::Error> {
+pub(super) fn signal<'de, D: Deserializer<'de>>(d: D) -> Result<Option<StopSignal>, D::Error> {
     parsed(d, cli::parse_signal)
 }
 
-pub fn mode<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+pub(super) fn mode<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
     parsed(d, cli::parse_mode)
 }
 
-pub fn name<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+pub(super) fn name<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     parsed(d, cli::parse_name)
 }
 
 /// A TOML integer of at least 1, checked as the flag's value is.
-pub fn count<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+pub(super) fn count<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
 where
     D: Deserializer<'de>,
     T: FromStr<Err = ParseIntError>,
@@ -54,14 +57,14 @@ where
         .map_err(serde::de::Error::custom)
 }
 
-pub fn forward_signal<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<i32>, D::Error> {
+pub(super) fn forward_signal<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<i32>, D::Error> {
     Vec::<String>::deserialize(d)?
         .iter()
         .map(|name| cli::parse_forward_signal(name).map_err(serde::de::Error::custom))
         .collect()
 }
 
-pub fn listen<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+pub(super) fn listen<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     let specs = Vec::<String>::deserialize(d)?;
     for spec in &specs {
         cli::parse_listener(spec).map_err(serde::de::Error::custom)?;
