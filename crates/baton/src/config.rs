@@ -14,22 +14,25 @@
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::net::SocketAddr;
-use std::num::{NonZeroU32, NonZeroUsize, ParseIntError};
+use std::num::{NonZeroU32, NonZeroUsize};
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::time::Duration;
 
+use baton_supervisor::credentials::{Credentials, CredentialsError};
 use baton_supervisor::driver::{Blueprint, DevSettings};
 use baton_supervisor::fswatch::{DEFAULT_DEBOUNCE, WatchSettings};
 use baton_supervisor::listeners::{self, BindOptions, ListenerSpec};
 use baton_supervisor::machine::{Readiness, Settings, StopSignal};
 use baton_supervisor::spawn::WorkerCommand;
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 
 use crate::cli::{self, RunArgs};
 
+mod de;
 mod env_table;
 mod start_only;
+
+use self::de::{count, duration, forward_signal, listen, mode, name, readiness, signal, timeout};
 
 pub use self::start_only::StartOnly;
 
@@ -83,6 +86,8 @@ pub struct FileConfig {
     min_interval: Option<Duration>,
     #[serde(default, deserialize_with = "forward_signal")]
     forward_signal: Vec<i32>,
+    user: Option<String>,
+    group: Option<String>,
 }
 
 /// The control socket's mode when no flag, variable or file sets it.
@@ -155,6 +160,9 @@ pub enum ConfigError {
     /// A listener is invalid or two share a name.
     #[error("{0}")]
     Listener(#[from] listeners::ListenError),
+    /// The workers' user or group does not resolve.
+    #[error("{0}")]
+    User(#[from] CredentialsError),
 }
 
 /// Read and parse the config file.
@@ -331,6 +339,10 @@ pub fn resolve(
             .map(|(k, v)| (k.into(), v.into()))
             .collect(),
         settings,
+        user: Credentials::lookup(
+            args.user.as_deref().or(file.user.as_deref()),
+            args.group.as_deref().or(file.group.as_deref()),
+        )?,
     };
     let dev = dev_settings(args, &file_dev)?;
     Ok(Resolved {
@@ -444,6 +456,10 @@ pub fn render(resolved: &Resolved) -> String {
         out.push(format!("watchdog = {}", cli::format_duration(interval)));
     }
     out.push(format!("start_limit = {}", s.start_limit));
+    if let Some(user) = &blueprint.user {
+        out.push(format!("user = {}", user.name));
+        out.extend(user.group_name.iter().map(|g| format!("group = {g}")));
+    }
     out.push(format!("name = {}", resolved.name));
     out.push(match &resolved.control {
         Some(path) => format!("control = {}", path.display()),
@@ -482,65 +498,6 @@ pub fn render(resolved: &Resolved) -> String {
         ));
     }
     out.join("\n")
-}
-
-fn parsed<'de, D, T>(d: D, parse: fn(&str) -> Result<T, String>) -> Result<Option<T>, D::Error>
-where
-    D: Deserializer<'de>,
-{
-    let text = String::deserialize(d)?;
-    parse(&text).map(Some).map_err(serde::de::Error::custom)
-}
-
-fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-    parsed(d, cli::parse_duration)
-}
-
-fn timeout<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-    parsed(d, cli::parse_timeout)
-}
-
-fn readiness<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Readiness>, D::Error> {
-    parsed(d, cli::parse_readiness)
-}
-
-fn signal<'de, D: Deserializer<'de>>(d: D) -> Result<Option<StopSignal>, D::Error> {
-    parsed(d, cli::parse_signal)
-}
-
-fn mode<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
-    parsed(d, cli::parse_mode)
-}
-
-fn name<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-    parsed(d, cli::parse_name)
-}
-
-/// A TOML integer of at least 1, checked as the flag's value is.
-fn count<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
-where
-    D: Deserializer<'de>,
-    T: FromStr<Err = ParseIntError>,
-{
-    let number = i64::deserialize(d)?;
-    cli::parse_count(&number.to_string())
-        .map(Some)
-        .map_err(serde::de::Error::custom)
-}
-
-fn forward_signal<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<i32>, D::Error> {
-    Vec::<String>::deserialize(d)?
-        .iter()
-        .map(|name| cli::parse_forward_signal(name).map_err(serde::de::Error::custom))
-        .collect()
-}
-
-fn listen<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
-    let specs = Vec::<String>::deserialize(d)?;
-    for spec in &specs {
-        cli::parse_listener(spec).map_err(serde::de::Error::custom)?;
-    }
-    Ok(specs)
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use crate::cli::{self, RunArgs};
 
 /// The config-file keys that have a variable, in `baton run --help` order.
-pub const KEYS: [&str; 17] = [
+pub const KEYS: [&str; 19] = [
     "backlog",
     "unix_mode",
     "ready",
@@ -34,6 +34,8 @@ pub const KEYS: [&str; 17] = [
     "build",
     "min_interval",
     "forward_signal",
+    "user",
+    "group",
 ];
 
 /// The variable of a key: `BATON_` and the key in capitals.
@@ -84,6 +86,8 @@ pub fn fill(args: &mut RunArgs, lookup: impl Fn(&str) -> Option<OsString>) -> Re
     if args.forward_signal.is_empty() {
         args.forward_signal = forward.unwrap_or_default();
     }
+    vars.fill(&mut args.user, "user", |text| Ok(text.to_owned()))?;
+    vars.fill(&mut args.group, "group", |text| Ok(text.to_owned()))?;
     Ok(())
 }
 
@@ -159,6 +163,8 @@ mod tests {
             ("BATON_BUILD", "make"),
             ("BATON_MIN_INTERVAL", "2s"),
             ("BATON_FORWARD_SIGNAL", "USR2,WINCH"),
+            ("BATON_USER", "www-data"),
+            ("BATON_GROUP", "www-data"),
         ]);
         let asked = RefCell::new(Vec::new());
         let mut args = run_args(&["--config", "baton.toml"]);

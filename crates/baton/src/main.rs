@@ -149,6 +149,10 @@ fn run(mut args: RunArgs) -> anyhow::Result<()> {
         Err(error) => return Err(error.into()),
     };
     let mut resolved = resolved;
+    if let Some(user) = &resolved.blueprint.user {
+        user.require_root()?;
+        tracing::info!(user = %user.name, uid = user.uid, gid = user.gid, groups = ?user.groups, "workers run as");
+    }
     let command = &resolved.blueprint.command;
     let program = resolve_program(&command.program, command.cwd.as_deref());
     if let Some(dev) = &mut resolved.dev {
@@ -222,6 +226,9 @@ fn run(mut args: RunArgs) -> anyhow::Result<()> {
         std::sync::Arc::new(move || {
             let resolved =
                 config::resolve_with_file(&args, activated).map_err(|e| e.to_string())?;
+            if let Some(user) = &resolved.blueprint.user {
+                user.require_root().map_err(|e| e.to_string())?;
+            }
             for key in at_start.changed(&resolved) {
                 tracing::warn!(
                     key = %key,
