@@ -61,6 +61,7 @@ use crate::listeners::Listener;
 use crate::machine::{Action, Event, Generation, Machine, Notice, ProcessExit, StopSignal};
 use crate::metrics::history::CostHistory;
 use crate::metrics::{self, Snapshot};
+use crate::preload::unheld_warning;
 use crate::readiness::kernel::HandedSockets;
 use crate::readiness::observer::{self, Observation, Seen};
 use crate::readiness::{Notification, ReadinessDir, ReadinessSocket};
@@ -374,7 +375,7 @@ impl Driver {
                 notify_socket: notify.path(),
                 watchdog: self.machine.generation(generation).and_then(|g| g.watchdog),
             },
-            env: self.blueprint.environment(),
+            env: self.blueprint.worker_environment(),
             output: None,
         };
         let pid = self
@@ -458,6 +459,10 @@ impl Driver {
         }
         if note.ready {
             tracing::info!(generation, sender, "READY=1 received");
+        }
+        let held = || crate::preload::held(&self.listeners);
+        if let Some(warning) = (note.unheld.as_deref()).and_then(|r| unheld_warning(r, &held())) {
+            tracing::warn!(generation, pid = sender, "{warning}");
         }
         let ping = note.watchdog.then_some(Event::WatchdogPing { generation });
         ping.into_iter()

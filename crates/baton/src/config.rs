@@ -54,6 +54,7 @@ pub struct FileConfig {
     ready: Option<Readiness>,
     #[serde(default, deserialize_with = "timeout")]
     ready_timeout: Option<Duration>,
+    preload: Option<bool>,
     #[serde(default, deserialize_with = "signal")]
     stop_signal: Option<StopSignal>,
     #[serde(default, deserialize_with = "duration")]
@@ -331,6 +332,7 @@ pub fn resolve(
             .map(|(k, v)| (k.into(), v.into()))
             .collect(),
         settings,
+        preload: args.preload.or(file.preload).unwrap_or(false),
     };
     let dev = dev_settings(args, &file_dev)?;
     Ok(Resolved {
@@ -434,6 +436,7 @@ pub fn render(resolved: &Resolved) -> String {
         "ready_timeout = {}",
         cli::format_duration(s.ready_timeout)
     ));
+    out.push(format!("preload = {}", blueprint.preload));
     out.push(format!("stop_signal = {}", s.stop_signal));
     out.push(format!(
         "drain_timeout = {}",

@@ -16,11 +16,12 @@ use std::path::PathBuf;
 use crate::cli::{self, RunArgs};
 
 /// The config-file keys that have a variable, in `baton run --help` order.
-pub const KEYS: [&str; 17] = [
+pub const KEYS: [&str; 18] = [
     "backlog",
     "unix_mode",
     "ready",
     "ready_timeout",
+    "preload",
     "stop_signal",
     "drain_timeout",
     "max_draining",
@@ -58,6 +59,7 @@ pub fn fill(args: &mut RunArgs, lookup: impl Fn(&str) -> Option<OsString>) -> Re
     vars.fill(&mut args.unix_mode, "unix_mode", cli::parse_mode)?;
     vars.fill(&mut args.ready, "ready", cli::parse_readiness)?;
     vars.fill(&mut args.ready_timeout, "ready_timeout", cli::parse_timeout)?;
+    vars.fill(&mut args.preload, "preload", cli::parse_switch)?;
     vars.fill(&mut args.stop_signal, "stop_signal", cli::parse_signal)?;
     vars.fill(
         &mut args.drain_timeout,
@@ -146,6 +148,7 @@ mod tests {
             ("BATON_UNIX_MODE", "0640"),
             ("BATON_READY", "notify"),
             ("BATON_READY_TIMEOUT", "5s"),
+            ("BATON_PRELOAD", "yes"),
             ("BATON_STOP_SIGNAL", "QUIT"),
             ("BATON_DRAIN_TIMEOUT", "6s"),
             ("BATON_MAX_DRAINING", "2"),

@@ -16,6 +16,7 @@ use baton_supervisor::driver::{Config, Driver, Reloader};
 use baton_supervisor::fdlimit;
 use baton_supervisor::guardian::Guardian;
 use baton_supervisor::listeners;
+use baton_supervisor::preload;
 use baton_supervisor::runtime_dir::{self, RuntimeDir};
 use baton_supervisor::signals::SignalTable;
 use baton_supervisor::spawn::{SpawnError, resolve_program};
@@ -142,6 +143,9 @@ fn run(mut args: RunArgs) -> anyhow::Result<()> {
         }
     }
     check_command(&resolved)?;
+    if resolved.blueprint.preload {
+        preload_at_start(program.as_deref().ok())?;
+    }
     let limits = fdlimit::raise().context("cannot read the open files limit (RLIMIT_NOFILE)")?;
     fdlimit::check(
         limits,
@@ -230,6 +234,17 @@ fn run(mut args: RunArgs) -> anyhow::Result<()> {
         let driver = Driver::new(config, Some(guardian))?;
         driver.run().await
     })?;
+    Ok(())
+}
+
+/// `--preload`: the library is written before any worker needs it, and a
+/// program it cannot reach (Go, static) is named in one line.
+fn preload_at_start(program: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let library = preload::library()?;
+    tracing::debug!(path = %library.display(), "preload library");
+    if let Some((program, why)) = program.and_then(|p| Some((p, preload::elf::unreachable(p)?))) {
+        tracing::warn!("{}", preload::elf::advice(program, why));
+    }
     Ok(())
 }
 
