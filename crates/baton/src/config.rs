@@ -436,7 +436,7 @@ pub fn render(resolved: &Resolved) -> String {
         "ready_timeout = {}",
         cli::format_duration(s.ready_timeout)
     ));
-    out.push(format!("preload = {}", blueprint.preload));
+    out.extend(blueprint.preload.then(|| "preload = true".to_owned()));
     out.push(format!("stop_signal = {}", s.stop_signal));
     out.push(format!(
         "drain_timeout = {}",

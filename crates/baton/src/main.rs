@@ -144,7 +144,8 @@ fn run(mut args: RunArgs) -> anyhow::Result<()> {
     }
     check_command(&resolved)?;
     if resolved.blueprint.preload {
-        preload_at_start(program.as_deref().ok())?;
+        let cwd = command.cwd.as_deref().unwrap_or(std::path::Path::new(""));
+        preload_at_start(program.as_deref().ok().map(|p| cwd.join(p)).as_deref())?;
     }
     let limits = fdlimit::raise().context("cannot read the open files limit (RLIMIT_NOFILE)")?;
     fdlimit::check(
