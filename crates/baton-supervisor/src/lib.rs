@@ -32,6 +32,7 @@ pub mod listeners;
 pub mod local_users;
 pub mod machine;
 pub mod metrics;
+pub mod pid_file;
 pub mod preload;
 pub mod readiness;
 pub mod runtime_dir;

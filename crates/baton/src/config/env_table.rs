@@ -15,7 +15,7 @@ use serde::{Deserialize, Deserializer};
 
 /// The keys of the file outside `[env]`, as `deny_unknown_fields` knows
 /// them (a test keeps the two lists equal).
-pub const FILE_KEYS: [&str; 25] = [
+pub const FILE_KEYS: [&str; 26] = [
     "command",
     "workdir",
     "env",
@@ -33,6 +33,7 @@ pub const FILE_KEYS: [&str; 25] = [
     "name",
     "control",
     "control_mode",
+    "pid_file",
     "metrics",
     "watch",
     "ignore",
