@@ -61,7 +61,6 @@ use crate::listeners::Listener;
 use crate::machine::{Action, Event, Generation, Machine, Notice, ProcessExit, StopSignal};
 use crate::metrics::history::CostHistory;
 use crate::metrics::{self, Snapshot};
-use crate::preload::unheld_warning;
 use crate::readiness::kernel::HandedSockets;
 use crate::readiness::observer::{self, Observation, Seen};
 use crate::readiness::{Notification, ReadinessDir, ReadinessSocket};
@@ -366,7 +365,7 @@ impl Driver {
             .map_err(|error| format!("cannot create its notify socket: {error}"))?;
         let notify = self
             .notify_dir
-            .listen(generation, self.notes.clone())
+            .listen(generation, self.notes.clone(), self.blueprint.user.as_ref())
             .map_err(|error| format!("cannot create its notify socket: {error}"))?;
         // Whatever is bound anew here goes to this generation.
         self.check_listeners(Moment::BeforeSpawn);
@@ -386,6 +385,7 @@ impl Driver {
             },
             env: self.blueprint.worker_environment(),
             output: None,
+            user: self.blueprint.user.as_ref(),
         };
         let pid = self
             .processes
@@ -469,8 +469,7 @@ impl Driver {
         if note.ready {
             tracing::info!(generation, sender, "READY=1 received");
         }
-        let held = || crate::preload::held(&self.listeners);
-        if let Some(warning) = (note.unheld.as_deref()).and_then(|r| unheld_warning(r, &held())) {
+        if let Some(warning) = crate::preload::warning(note.unheld.as_deref(), &self.listeners) {
             tracing::warn!(generation, pid = sender, "{warning}");
         }
         let ping = note.watchdog.then_some(Event::WatchdogPing { generation });

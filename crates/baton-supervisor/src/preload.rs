@@ -164,11 +164,14 @@ pub fn unheld_warning(value: &str, held: &[String]) -> Option<String> {
     ))
 }
 
-/// The listeners as [`unheld_warning`] names them: `name=address`.
-pub fn held(listeners: &[Listener]) -> Vec<String> {
-    (listeners.iter())
+/// [`unheld_warning`] for a notification's report, if it has one, naming
+/// the listeners as `name=address`.
+pub fn warning(report: Option<&str>, listeners: &[Listener]) -> Option<String> {
+    let report = report?;
+    let held: Vec<String> = (listeners.iter())
         .map(|l| format!("{}={}", l.name(), l.local_address()))
-        .collect()
+        .collect();
+    unheld_warning(report, &held)
 }
 
 fn decode_hex(hex: &str) -> Option<Vec<u8>> {
