@@ -1,11 +1,13 @@
 //! Servers that know nothing of baton, run by baton unchanged: `--ready
 //! auto` (readiness seen in the kernel) with Go, Python and gunicorn;
 //! workers written for Server::Starter, einhorn, nginx's binary upgrade
-//! and the `listenfd` crate; a UDP echo server. The runtimes come from
-//! Debian packages that `.ci/run` installs (golang-go, nginx, gunicorn,
+//! and the `listenfd` crate; a UDP echo server; servers that bind their
+//! own port, under `--preload`. The runtimes come from Debian packages
+//! that `.ci/run` installs (golang-go, nginx, gunicorn, nodejs,
 //! libserver-starter-perl; python3 and perl are there already).
 
 mod auto;
+mod preload;
 mod udp;
 mod unchanged;
 

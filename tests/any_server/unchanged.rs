@@ -85,7 +85,7 @@ fn a_listenfd_server_runs_unchanged() {
 }
 
 /// nginx lives in /usr/sbin, which a test's PATH may lack.
-fn require_sbin(program: &str) -> PathBuf {
+pub(super) fn require_sbin(program: &str) -> PathBuf {
     let sbin = Path::new("/usr/sbin").join(program);
     if sbin.is_file() {
         sbin
@@ -95,14 +95,14 @@ fn require_sbin(program: &str) -> PathBuf {
 }
 
 /// A port free right now (nginx's config must name the port baton binds).
-fn free_port() -> u16 {
+pub(super) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a free port")
         .port()
 }
 
-fn nginx_conf(dir: &Path, port: u16) -> String {
+pub(super) fn nginx_conf(dir: &Path, port: u16) -> String {
     let d = dir.display();
     format!(
         "daemon off;\n\

@@ -383,7 +383,7 @@ impl Driver {
                 notify_socket: notify.path(),
                 watchdog: self.machine.generation(generation).and_then(|g| g.watchdog),
             },
-            env: self.blueprint.environment(),
+            env: self.blueprint.worker_environment(),
             output: None,
             user: self.blueprint.user.as_ref(),
         };
@@ -468,6 +468,9 @@ impl Driver {
         }
         if note.ready {
             tracing::info!(generation, sender, "READY=1 received");
+        }
+        if let Some(warning) = crate::preload::warning(note.unheld.as_deref(), &self.listeners) {
+            tracing::warn!(generation, pid = sender, "{warning}");
         }
         let ping = note.watchdog.then_some(Event::WatchdogPing { generation });
         ping.into_iter()

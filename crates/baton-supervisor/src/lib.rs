@@ -16,6 +16,7 @@
 //! - [`control`]: the control socket behind `baton ctl`.
 //! - [`runtime_dir`]: baton's runtime directories, checked against other local users.
 //! - [`local_users`]: whose credentials baton believes (its own uid, root).
+//! - [`preload`]: `--preload`: the library that hands an unchanged server's `bind()` baton's socket.
 //! - [`status`]: what `status` reports, and the sampler of worker costs.
 //! - [`metrics`]: the status page, Prometheus metrics and `/status` over HTTP.
 //! - [`fswatch`]: file watching for the dev loop: per-directory inotify watches, ignores, a quiet-period debounce.
@@ -34,6 +35,7 @@ pub mod local_users;
 pub mod machine;
 pub mod metrics;
 pub mod pid_file;
+pub mod preload;
 pub mod readiness;
 pub mod runtime_dir;
 pub mod signals;

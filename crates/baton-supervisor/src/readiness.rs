@@ -58,6 +58,8 @@ pub struct Notification {
     pub watchdog: bool,
     /// `STATUS=` text, if any.
     pub status: Option<String>,
+    /// A report of the preload library (`BATON_PRELOAD_UNHELD=`), if any.
+    pub unheld: Option<String>,
 }
 
 /// Parse one sd_notify datagram: newline-separated `KEY=VALUE` lines.
@@ -69,12 +71,16 @@ pub fn parse(generation: Generation, sender: Option<i32>, message: &[u8]) -> Not
         ready: false,
         watchdog: false,
         status: None,
+        unheld: None,
     };
     for line in text.lines() {
         match line.split_once('=') {
             Some(("READY", "1")) => notification.ready = true,
             Some(("WATCHDOG", "1")) => notification.watchdog = true,
             Some(("STATUS", status)) => notification.status = Some(status.to_owned()),
+            Some((crate::preload::REPORT_KEY, report)) => {
+                notification.unheld = Some(report.to_owned());
+            }
             _ => {}
         }
     }

@@ -92,6 +92,11 @@ pub struct RunArgs {
     /// How long a new worker may take to become ready.
     #[arg(long, value_name = "DURATION", value_parser = parse_timeout)]
     pub ready_timeout: Option<Duration>,
+    /// Start workers with baton's preload library: a server's own bind()
+    /// to an address baton holds gets baton's socket, for servers that
+    /// cannot take fd 3 (not Go, nor static binaries; docs/any-server.md).
+    #[arg(long, num_args = 0, default_missing_value = "true", value_parser = parse_switch)]
+    pub preload: Option<bool>,
     /// The signal that asks a worker to drain and exit.
     #[arg(long, value_name = "SIGNAL", value_parser = parse_signal)]
     pub stop_signal: Option<StopSignal>,
@@ -355,6 +360,15 @@ pub fn parse_name(name: &str) -> Result<String, String> {
         Ok(name.to_owned())
     } else {
         Err("expected a name of letters, digits, '-', '_', '.' or '@'".to_owned())
+    }
+}
+
+/// A switch's value from a variable: `true`/`false`, `1`/`0`, `yes`/`no`, `on`/`off`.
+pub fn parse_switch(text: &str) -> Result<bool, String> {
+    match text.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        _ => Err("expected true or false (or 1/0, yes/no, on/off)".to_owned()),
     }
 }
 

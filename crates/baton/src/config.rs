@@ -57,6 +57,7 @@ pub struct FileConfig {
     ready: Option<Readiness>,
     #[serde(default, deserialize_with = "timeout")]
     ready_timeout: Option<Duration>,
+    preload: Option<bool>,
     #[serde(default, deserialize_with = "signal")]
     stop_signal: Option<StopSignal>,
     #[serde(default, deserialize_with = "duration")]
@@ -342,6 +343,7 @@ pub fn resolve(
             .map(|(k, v)| (k.into(), v.into()))
             .collect(),
         settings,
+        preload: args.preload.or(file.preload).unwrap_or(false),
         user: Credentials::lookup(
             args.user.as_deref().or(file.user.as_deref()),
             args.group.as_deref().or(file.group.as_deref()),
@@ -450,6 +452,7 @@ pub fn render(resolved: &Resolved) -> String {
         "ready_timeout = {}",
         cli::format_duration(s.ready_timeout)
     ));
+    out.extend(blueprint.preload.then(|| "preload = true".to_owned()));
     out.push(format!("stop_signal = {}", s.stop_signal));
     out.push(format!(
         "drain_timeout = {}",

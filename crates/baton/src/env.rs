@@ -26,13 +26,14 @@ use crate::cli::{self, Cli, CtlArgs, LogFormat, RunArgs};
 
 /// The options of `baton run` (by id) that have a variable, in `baton run
 /// --help` order: every one.
-pub const KEYS: [&str; 26] = [
+pub const KEYS: [&str; 27] = [
     "config",
     "listen",
     "backlog",
     "unix_mode",
     "ready",
     "ready_timeout",
+    "preload",
     "stop_signal",
     "drain_timeout",
     "max_draining",
@@ -82,6 +83,7 @@ pub fn fill(args: &mut RunArgs, lookup: impl Fn(&str) -> Option<OsString>) -> Re
     vars.fill(&mut args.unix_mode, "unix_mode", cli::parse_mode)?;
     vars.fill(&mut args.ready, "ready", cli::parse_readiness)?;
     vars.fill(&mut args.ready_timeout, "ready_timeout", cli::parse_timeout)?;
+    vars.fill(&mut args.preload, "preload", cli::parse_switch)?;
     vars.fill(&mut args.stop_signal, "stop_signal", cli::parse_signal)?;
     vars.fill(
         &mut args.drain_timeout,
@@ -291,6 +293,7 @@ mod tests {
             ("BATON_UNIX_MODE", "0640"),
             ("BATON_READY", "notify"),
             ("BATON_READY_TIMEOUT", "5s"),
+            ("BATON_PRELOAD", "yes"),
             ("BATON_STOP_SIGNAL", "QUIT"),
             ("BATON_DRAIN_TIMEOUT", "6s"),
             ("BATON_MAX_DRAINING", "2"),

@@ -19,6 +19,7 @@ use baton_supervisor::fdlimit;
 use baton_supervisor::guardian::Guardian;
 use baton_supervisor::listeners;
 use baton_supervisor::pid_file::PidFile;
+use baton_supervisor::preload;
 use baton_supervisor::runtime_dir::{self, RuntimeDir};
 use baton_supervisor::signals::SignalTable;
 use baton_supervisor::spawn::{SpawnError, resolve_program};
@@ -177,6 +178,10 @@ fn run(mut args: RunArgs) -> anyhow::Result<()> {
         }
     }
     check_command(&resolved)?;
+    if resolved.blueprint.preload {
+        let cwd = command.cwd.as_deref().unwrap_or(std::path::Path::new(""));
+        preload_at_start(program.as_deref().ok().map(|p| cwd.join(p)).as_deref())?;
+    }
     // Checked before anything is bound (a running baton holding it is the
     // clearer error), published by the driver once it handles signals.
     let pid_file = resolved
@@ -276,6 +281,17 @@ fn run(mut args: RunArgs) -> anyhow::Result<()> {
         let driver = Driver::new(config, Some(guardian))?;
         driver.run().await
     })?;
+    Ok(())
+}
+
+/// `--preload`: the library is written before any worker needs it, and a
+/// program it cannot reach (Go, static) is named in one line.
+fn preload_at_start(program: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let library = preload::library()?;
+    tracing::debug!(path = %library.display(), "preload library");
+    if let Some((program, why)) = program.and_then(|p| Some((p, preload::elf::unreachable(p)?))) {
+        tracing::warn!("{}", preload::elf::advice(program, why));
+    }
     Ok(())
 }
 

@@ -27,6 +27,8 @@ pub struct Blueprint {
     pub env: Vec<(OsString, OsString)>,
     /// Timings and readiness.
     pub settings: Settings,
+    /// Start workers with the preload library (`--preload`).
+    pub preload: bool,
     /// The user workers and builds run as (`--user`), if not baton's.
     pub user: Option<Credentials>,
 }
@@ -46,6 +48,27 @@ impl Blueprint {
             .filter(|(key, _)| !set.iter().any(|(k, _)| k == key))
             .collect();
         env.extend(set);
+        env
+    }
+
+    /// A worker's environment: [`Blueprint::environment`], and under
+    /// `--preload` the library first in `LD_PRELOAD`.
+    pub(super) fn worker_environment(&self) -> Vec<(OsString, OsString)> {
+        let mut env = self.environment();
+        if self.preload {
+            match crate::preload::library() {
+                Ok(library) => {
+                    let key = OsString::from("LD_PRELOAD");
+                    let existing = env.iter().position(|(k, _)| *k == key);
+                    let existing = existing.map(|i| env.swap_remove(i).1);
+                    env.push((
+                        key,
+                        crate::preload::ld_preload(library, existing.as_deref()),
+                    ));
+                }
+                Err(error) => tracing::error!(%error, "starting the worker without it"),
+            }
+        }
         env
     }
 }

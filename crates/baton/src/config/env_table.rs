@@ -15,7 +15,7 @@ use serde::{Deserialize, Deserializer};
 
 /// The keys of the file outside `[env]`, as `deny_unknown_fields` knows
 /// them (a test keeps the two lists equal).
-pub const FILE_KEYS: [&str; 27] = [
+pub const FILE_KEYS: [&str; 28] = [
     "command",
     "workdir",
     "env",
@@ -24,6 +24,7 @@ pub const FILE_KEYS: [&str; 27] = [
     "unix_mode",
     "ready",
     "ready_timeout",
+    "preload",
     "stop_signal",
     "drain_timeout",
     "max_draining",
