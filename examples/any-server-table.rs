@@ -63,9 +63,7 @@ fn main() {
             }
         };
         if needs_preload && !preload {
-            notes.push(format!(
-                "{name}: not run, this baton has no `--preload`"
-            ));
+            notes.push(format!("{name}: not run, this baton has no `--preload`"));
             continue;
         }
         eprintln!("{name} …");
@@ -156,14 +154,23 @@ fn failures(run: &Run) -> Option<String> {
 fn header(reloads: u64) -> String {
     let python = recipes::python();
     let versions = [
-        ("baton", first_line(baton_bin().to_str().unwrap_or("baton"), &["--version"])),
+        (
+            "baton",
+            first_line(baton_bin().to_str().unwrap_or("baton"), &["--version"]),
+        ),
         ("go", first_line("go", &["version"])),
         ("node", first_line("node", &["--version"])),
         ("nginx", first_line("/usr/sbin/nginx", &["-v"])),
-        ("gunicorn", first_line(python, &["-m", "gunicorn", "--version"])),
+        (
+            "gunicorn",
+            first_line(python, &["-m", "gunicorn", "--version"]),
+        ),
         (
             "uvicorn",
-            first_line(python, &["-c", "import uvicorn; print(uvicorn.__version__)"]),
+            first_line(
+                python,
+                &["-c", "import uvicorn; print(uvicorn.__version__)"],
+            ),
         ),
         ("python", first_line(python, &["--version"])),
         ("perl", first_line("perl", &["-e", "print substr($^V, 1)"])),
@@ -200,7 +207,11 @@ fn help_mentions(baton: &std::path::Path, flag: &str) -> bool {
 fn first_line(program: &str, args: &[&str]) -> String {
     match Command::new(program).args(args).output() {
         Ok(o) => {
-            let out = if o.stdout.is_empty() { o.stderr } else { o.stdout };
+            let out = if o.stdout.is_empty() {
+                o.stderr
+            } else {
+                o.stdout
+            };
             String::from_utf8_lossy(&out)
                 .lines()
                 .next()

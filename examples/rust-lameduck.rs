@@ -26,16 +26,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let stop = baton_worker::stop_signal()?;
     let listener = match baton_worker::listeners()?.into_iter().next() {
         Some(named) => named.listener.into_tokio()?,
-        None => baton_worker::TokioListener::Tcp(
-            tokio::net::TcpListener::bind("127.0.0.1:8080").await?,
-        ),
+        None => {
+            baton_worker::TokioListener::Tcp(tokio::net::TcpListener::bind("127.0.0.1:8080").await?)
+        }
     };
     let pid = std::process::id().to_string();
     let service = service_fn(move |_req: Request<Incoming>| {
         let pid = pid.clone();
         async move {
             let mut response = Response::new(Full::new(Bytes::from("ok\n")));
-            response.headers_mut().insert("x-pid", pid.parse().expect("digits"));
+            response
+                .headers_mut()
+                .insert("x-pid", pid.parse().expect("digits"));
             Ok::<_, Infallible>(response)
         }
     });

@@ -13,10 +13,11 @@ on the connections, and each response waits for the client's delayed ACK:
 about 44 ms per request. socket.socket(fileno=3) asks the kernel what the
 socket is.
 
-The drain (lame duck): on SIGTERM, for a grace period, every response says
-"Connection: close", so each client opens its next connection to the new
-generation; only then does uvicorn shut down, which closes idle keep-alive
-connections at once.
+The drain (lame duck): on SIGTERM it stops accepting and, for a grace
+period, every response says "Connection: close", so each client opens its
+next connection to the new generation; only then does uvicorn shut down,
+which closes idle keep-alive connections, and connections whose request
+has not arrived yet, at once.
 """
 import asyncio
 import os
@@ -64,6 +65,11 @@ class Server(uvicorn.Server):
         if self.lame_duck.draining:
             return super().handle_exit(sig, frame)
         self.lame_duck.draining = True
+        # Stop accepting now: new connections wait in baton's socket for the
+        # new generation. A connection accepted late would still be waiting
+        # for its request when uvicorn's shutdown closes it.
+        for server in self.servers:
+            server.close()
         # uvicorn calls this from its event loop (loop.add_signal_handler).
         asyncio.get_running_loop().call_later(GRACE_S, super().handle_exit, sig, frame)
 

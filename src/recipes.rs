@@ -109,7 +109,10 @@ pub fn go_lameduck() -> Server {
 
 /// A plain Go server on LISTEN_FDS whose drain is `Shutdown` alone.
 pub fn go_plain() -> Server {
-    let bin = go_build(&repo_file("tests/any_server/fixtures/listen_fds.go"), "listen-fds-go");
+    let bin = go_build(
+        &repo_file("tests/any_server/fixtures/listen_fds.go"),
+        "listen-fds-go",
+    );
     Server::new(
         "Go net/http, Shutdown() alone",
         "LISTEN_FDS",

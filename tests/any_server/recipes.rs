@@ -19,7 +19,10 @@ use super::spread;
 fn reloads() -> u64 {
     std::env::var("BATON_RECIPE_RELOADS")
         .ok()
-        .map(|v| v.parse().expect("BATON_RECIPE_RELOADS: a number of reloads"))
+        .map(|v| {
+            v.parse()
+                .expect("BATON_RECIPE_RELOADS: a number of reloads")
+        })
         .unwrap_or(10)
 }
 
