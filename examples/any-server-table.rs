@@ -153,29 +153,32 @@ fn failures(run: &Run) -> Option<String> {
 
 fn header(reloads: u64) -> String {
     let python = recipes::python();
+    // Each as its program says it, names added where it says none.
     let versions = [
-        (
-            "baton",
-            first_line(baton_bin().to_str().unwrap_or("baton"), &["--version"]),
-        ),
-        ("go", first_line("go", &["version"])),
-        ("node", first_line("node", &["--version"])),
-        ("nginx", first_line("/usr/sbin/nginx", &["-v"])),
-        (
-            "gunicorn",
-            first_line(python, &["-m", "gunicorn", "--version"]),
-        ),
-        (
-            "uvicorn",
+        first_line(baton_bin().to_str().unwrap_or("baton"), &["--version"]),
+        first_line("go", &["version"]),
+        format!("node {}", first_line("node", &["--version"])),
+        first_line("/usr/sbin/nginx", &["-v"]),
+        format!(
+            "gunicorn {}",
             first_line(
                 python,
-                &["-c", "import uvicorn; print(uvicorn.__version__)"],
-            ),
+                &["-c", "import gunicorn; print(gunicorn.__version__)"]
+            )
         ),
-        ("python", first_line(python, &["--version"])),
-        ("perl", first_line("perl", &["-e", "print substr($^V, 1)"])),
+        format!(
+            "uvicorn {}",
+            first_line(
+                python,
+                &["-c", "import uvicorn; print(uvicorn.__version__)"]
+            )
+        ),
+        first_line(python, &["--version"]),
+        format!(
+            "perl {}",
+            first_line("perl", &["-e", "print substr($^V, 1)"])
+        ),
     ];
-    let versions: Vec<String> = versions.iter().map(|(k, v)| format!("{k} {v}")).collect();
     format!(
         "# Servers under baton\n\n\
          - date: {}\n\
