@@ -653,3 +653,44 @@ fn a_start_only_key_changed_on_reload_is_named() {
     baton.signal(Signal::SIGTERM);
     assert!(baton.wait_exit().success(), "{}", baton.output());
 }
+
+/// Every option from a variable (a container's way): the listeners and the
+/// command with a quoted argument, no flag at all; a flag still wins.
+#[test]
+fn a_baton_runs_from_variables_alone() {
+    let _serial = exclusive();
+    let dir = tempfile::tempdir().unwrap();
+    let answer = dir.path().join("two words.txt");
+    std::fs::write(&answer, "from a quoted argument").unwrap();
+    let worker = test_worker_bin().display().to_string();
+    let mut command = Command::new(baton_bin());
+    command
+        .arg("run")
+        .env("BATON_LISTEN", "http=127.0.0.1:0, admin=127.0.0.1:0")
+        .env("BATON_READY", "notify")
+        .env(
+            "BATON_COMMAND",
+            format!("'{worker}' --answer-file \"{}\"", answer.display()),
+        );
+    let mut baton = Baton::spawn(command);
+    baton.wait_ready(1);
+    let (status, body) = http_get(baton.address("http"), "/answer");
+    assert_eq!((status, body.as_str()), (200, "from a quoted argument"));
+    let (status, _) = http_get(baton.address("admin"), "/");
+    assert_eq!(status, 200);
+    baton.signal(Signal::SIGTERM);
+    assert!(baton.wait_exit().success(), "{}", baton.output());
+
+    // The command line over the variables: its listener and its command.
+    let mut command = Command::new(baton_bin());
+    command
+        .args(run_args(&[], &[]))
+        .env("BATON_LISTEN", "other=127.0.0.1:0")
+        .env("BATON_COMMAND", "/no/such/program");
+    let mut baton = Baton::spawn(command);
+    baton.wait_ready(1);
+    baton.address("http");
+    assert_eq!(baton.count(&["name=other"]), 0, "{}", baton.output());
+    baton.signal(Signal::SIGTERM);
+    assert!(baton.wait_exit().success(), "{}", baton.output());
+}

@@ -183,6 +183,7 @@ fn ctl_reload_answers_with_the_new_generation_or_the_failure() {
         error.starts_with("reload failed: ") && error.contains("not ready"),
         "{error}"
     );
+    assert_eq!(response["code"], "reload_failed", "{response:#}");
     baton.wait_for(&["reload reload=3 trigger=ctl result=failed generation=4 "]);
 
     // Generation 3 serves on, and status counts the failure.
@@ -313,8 +314,9 @@ impl Client {
     }
 }
 
-fn assert_error(response: &Json, starts_with: &str) {
+fn assert_error(response: &Json, code: &str, starts_with: &str) {
     assert_eq!(response["ok"], false, "{response}");
+    assert_eq!(response["code"], code, "{response}");
     let error = response["error"].as_str().expect("an error message");
     assert!(error.starts_with(starts_with), "{error}");
 }
@@ -327,28 +329,40 @@ fn bad_requests_get_errors_and_the_daemon_serves_on() {
     baton.wait_for(&["control socket"]);
 
     let mut client = Client::connect(baton.control());
-    assert_error(&client.ask(b"garbage\n"), "invalid JSON");
+    assert_error(&client.ask(b"garbage\n"), "invalid_json", "invalid JSON");
     let mut huge = vec![b'x'; 100 * 1024];
     huge.push(b'\n');
     assert_error(
         &client.ask(&huge),
+        "request_too_large",
         "request too large: the limit is 65536 bytes per line",
     );
     // A valid JSON line that is too long is refused just the same.
     let mut padded = br#"{"v":1,"cmd":"status","pad":""#.to_vec();
     padded.extend(vec![b'p'; 70 * 1024]);
     padded.extend(b"\"}\n");
-    assert_error(&client.ask(&padded), "request too large");
+    assert_error(
+        &client.ask(&padded),
+        "request_too_large",
+        "request too large",
+    );
     assert_error(
         &client.ask(b"{\"cmd\":\"status\"}\n"),
+        "missing_version",
         "missing protocol version",
     );
     assert_error(
         &client.ask(b"{\"v\":2,\"cmd\":\"status\"}\n"),
+        "unsupported_version",
         "unsupported protocol version 2",
     );
     let unknown = client.ask(b"{\"v\":1,\"cmd\":\"dance\"}\n");
-    assert_error(&unknown, "invalid request");
+    assert_error(&unknown, "no_such_command", "invalid request");
+    assert_error(
+        &client.ask(b"{\"v\":1}\n"),
+        "invalid_request",
+        "invalid request",
+    );
     assert!(
         unknown["error"]
             .as_str()
@@ -363,7 +377,7 @@ fn bad_requests_get_errors_and_the_daemon_serves_on() {
     // Two requests in one write get two responses, in order.
     client.send(b"{\"v\":1,\"cmd\":\"status\"}\ngarbage\n");
     assert_eq!(client.receive()["ok"], true);
-    assert_error(&client.receive(), "invalid JSON");
+    assert_error(&client.receive(), "invalid_json", "invalid JSON");
 
     // Clients that connect and say nothing, stop mid-line, or never read
     // their responses block nobody else.
@@ -701,4 +715,171 @@ fn metrics_are_prometheus_text_and_move_with_reloads() {
     }
     baton.signal(Signal::SIGTERM);
     assert!(baton.wait_exit().success(), "{}", baton.output());
+}
+
+/// A user of their own for batons found by discovery: as root, nobody
+/// (root's default directory, /run/baton, holds the batons of every test
+/// and developer on the machine), else ourselves; either way with a fresh
+/// `XDG_RUNTIME_DIR`, whose `baton/` is the directory `ctl` searches.
+struct OwnUser {
+    dir: tempfile::TempDir,
+    uid: Option<u32>,
+    bin: PathBuf,
+}
+
+impl OwnUser {
+    fn new() -> OwnUser {
+        let dir = tempfile::Builder::new()
+            .prefix("baton-e2e-discover")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let uid = nix::unistd::geteuid().is_root().then_some(65534);
+        let bin = match uid {
+            Some(_) if !executable_by_others(baton_bin()) => {
+                let copy = dir.path().join("baton-bin");
+                std::fs::copy(baton_bin(), &copy).unwrap();
+                std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).unwrap();
+                copy
+            }
+            _ => baton_bin().to_owned(),
+        };
+        let user = OwnUser { dir, uid, bin };
+        std::fs::create_dir(user.sockets()).unwrap();
+        std::fs::set_permissions(user.sockets(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        for path in [user.dir.path(), &user.sockets()] {
+            user.own(path);
+        }
+        user
+    }
+
+    fn sockets(&self) -> PathBuf {
+        self.dir.path().join("baton")
+    }
+
+    fn own(&self, path: &Path) {
+        if let Some(uid) = self.uid {
+            std::os::unix::fs::lchown(path, Some(uid), Some(uid)).unwrap();
+        }
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(&self.bin);
+        command
+            .args(args)
+            .env("XDG_RUNTIME_DIR", self.dir.path())
+            .env_remove("BATON_CONTROL")
+            .env_remove("BATON_NAME")
+            .current_dir("/");
+        if let Some(uid) = self.uid {
+            command.uid(uid).gid(uid);
+        }
+        command
+    }
+
+    /// A baton named `name` with its socket in the default directory (the
+    /// flag, over the harness's BATON_CONTROL).
+    fn baton(&self, name: &str) -> Baton {
+        let control = self.sockets().join(format!("{name}.sock"));
+        let control = control.to_str().unwrap();
+        Baton::spawn(self.command(&[
+            "run",
+            "--control",
+            control,
+            "--listen",
+            "127.0.0.1:0",
+            "--ready",
+            "delay=100ms",
+            "--",
+            "/bin/sleep",
+            "600",
+        ]))
+    }
+
+    fn ctl(&self, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+        let mut all = vec!["ctl"];
+        all.extend(args);
+        let mut command = self.command(&all);
+        command.envs(env.iter().copied());
+        output_within_deadline(command)
+    }
+}
+
+/// `baton ctl` without --control or --name talks to the only live baton:
+/// a socket left by a killed baton beside it does not count (old code:
+/// "several batons are running", exit 1). Two live ones are a usage error
+/// (2) naming both; none live is "no baton running" (3). And the one rule
+/// for the socket: --control, BATON_CONTROL, --name, BATON_NAME.
+#[test]
+fn ctl_finds_the_one_live_baton_and_counts_no_stale_socket() {
+    let _serial = exclusive();
+    let user = OwnUser::new();
+    let stale = user.sockets().join("old.sock");
+    drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+    user.own(&stale);
+    let mut app = user.baton("app");
+    app.wait_ready(1);
+    let pid_of = |output: &std::process::Output| {
+        assert!(output.status.success(), "{output:?}");
+        let json: Json = serde_json::from_slice(&output.stdout).unwrap();
+        json["status"]["pid"].as_i64().unwrap() as i32
+    };
+    assert_eq!(pid_of(&user.ctl(&["--json", "status"], &[])), app.pid());
+
+    let mut other = user.baton("other");
+    other.wait_ready(1);
+    let several = user.ctl(&["status"], &[]);
+    assert_eq!(several.status.code(), Some(2), "{several:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&several.stderr).trim_end(),
+        "baton: error: several batons are running (app, other): choose one with --name or --control"
+    );
+    let app_sock = user.sockets().join("app.sock");
+    let app_sock = app_sock.to_str().unwrap();
+    for (args, env, pid) in [
+        (&["--name", "other"][..], &[][..], other.pid()),
+        (&[], &[("BATON_NAME", "other")][..], other.pid()),
+        (
+            &["--control", app_sock],
+            &[("BATON_NAME", "other")],
+            app.pid(),
+        ),
+        (
+            &["--name", "other"],
+            &[("BATON_CONTROL", app_sock)],
+            app.pid(),
+        ),
+    ] {
+        let mut all = args.to_vec();
+        all.extend(["--json", "status"]);
+        let output = user.ctl(&all, env);
+        assert_eq!(pid_of(&output), pid, "{args:?} {env:?}");
+        let note = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(
+            note.contains("chosen over --name other"),
+            args.contains(&"--name") && !env.is_empty(),
+            "{note}"
+        );
+    }
+
+    other.signal(Signal::SIGTERM);
+    assert!(other.wait_exit().success(), "{}", other.output());
+    app.signal(Signal::SIGKILL);
+    app.wait_exit();
+    let none = user.ctl(&["status"], &[]);
+    assert_eq!(none.status.code(), Some(3), "{none:?}");
+    let said = String::from_utf8_lossy(&none.stderr);
+    assert!(
+        said.starts_with("baton: error: no running baton found"),
+        "{said}"
+    );
+    assert!(
+        said.contains("stale, nobody answers: app.sock, old.sock"),
+        "{said}"
+    );
+    let by_name = user.ctl(&["--name", "app", "reload"], &[]);
+    assert_eq!(by_name.status.code(), Some(3), "{by_name:?}");
+    assert!(
+        String::from_utf8_lossy(&by_name.stderr).contains("the file is stale"),
+        "{by_name:?}"
+    );
 }

@@ -182,3 +182,62 @@ fn bad_command_lines_are_refused_with_a_clear_error() {
         &[&addr, "in use"],
     );
 }
+
+/// `--pid-file`: baton's pid, written once the sockets are bound; a second
+/// baton naming the same file is refused with nothing started; `kill -HUP
+/// $(cat FILE)` reloads; the file goes when baton exits, and one left by a
+/// killed baton is replaced.
+#[test]
+fn the_pid_file_names_the_running_baton_and_goes_with_it() {
+    let _serial = exclusive();
+    let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("baton.pid");
+    let path = pid_file.display().to_string();
+    let args = run_args(&["--ready", "notify", "--pid-file", &path], &[]);
+    let mut baton = Baton::start(&args);
+    baton.wait_for(&["pid file", &path]);
+    let text = std::fs::read_to_string(&pid_file).unwrap();
+    assert_eq!(text, format!("{}\n", baton.pid()));
+    let output = baton.output();
+    assert!(
+        output.find("listening") < output.find("pid file"),
+        "written once the sockets are bound: {output}"
+    );
+    // At once, before any worker is ready: baton already handles HUP (it
+    // reloads once generation 1 is ready), rather than die of it.
+    let pid = nix::unistd::Pid::from_raw(text.trim().parse().unwrap());
+    nix::sys::signal::kill(pid, Signal::SIGHUP).unwrap();
+
+    let mut second = Baton::start(&args);
+    let status = second.wait_exit();
+    second.wait_output_closed();
+    assert_eq!(status.code(), Some(1), "{}", second.output());
+    assert_eq!(
+        second.output(),
+        format!(
+            "baton: error: --pid-file {path}: baton {} is running with it: stop that baton, or choose another --pid-file",
+            baton.pid()
+        )
+    );
+    assert_eq!(std::fs::read_to_string(&pid_file).unwrap(), text);
+
+    baton.wait_ready(2);
+    baton.signal(Signal::SIGTERM);
+    assert!(baton.wait_exit().success(), "{}", baton.output());
+    assert!(!pid_file.exists(), "removed at exit");
+
+    let mut killed = Baton::start(&args);
+    killed.wait_for(&["pid file"]);
+    killed.signal(Signal::SIGKILL);
+    killed.wait_exit();
+    assert!(pid_file.exists(), "a killed baton cannot remove it");
+    let mut next = Baton::start(&args);
+    next.wait_for(&["pid file"]);
+    let now = std::fs::read_to_string(&pid_file).unwrap();
+    assert_eq!(now, format!("{}\n", next.pid()), "{}", next.output());
+    next.signal(Signal::SIGTERM);
+    assert!(next.wait_exit().success(), "{}", next.output());
+    assert!(!pid_file.exists());
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert!(left.is_empty(), "no temporary file left: {left:?}");
+}

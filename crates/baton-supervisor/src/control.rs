@@ -13,18 +13,18 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::accept::{AcceptErrors, Slots};
-use crate::local_users;
 use crate::runtime_dir::{self, Dir, Kind, Rule, RuntimeDirError};
-use crate::status::{ReloadRecord, Status};
 
-/// The protocol version this baton speaks.
-pub const VERSION: u32 = 1;
+mod client;
+mod wire;
+
+pub use self::client::{discover, request};
+pub use self::wire::{Command, ErrorCode, Request, Response, VERSION};
 
 /// The longest request line accepted, in bytes.
 pub const MAX_REQUEST: usize = 64 * 1024;
@@ -50,9 +50,26 @@ pub enum ControlError {
         "no baton answers on control socket {0}: the file is stale (the baton that made it is gone); start baton again, or remove the file"
     )]
     Stale(PathBuf),
-    /// No control socket could be found for `baton ctl`.
-    #[error("{0}")]
-    NotFound(String),
+    /// Nothing at the path `baton ctl` was given or derived.
+    #[error(
+        "no control socket at {0}: no baton is running there (is the --name or --control right?)"
+    )]
+    Missing(PathBuf),
+    /// `baton ctl` found no live control socket in the default directory.
+    #[error(
+        "no running baton found (no live control socket in {}{}): is baton running as this user? use --name or --control",
+        dir.display(),
+        stale_list(stale)
+    )]
+    NotRunning {
+        /// Where it looked.
+        dir: PathBuf,
+        /// The socket files nobody answers on there.
+        stale: Vec<String>,
+    },
+    /// `baton ctl` found several live control sockets, by name.
+    #[error("several batons are running ({}): choose one with --name or --control", .0.join(", "))]
+    Ambiguous(Vec<String>),
     /// A system call failed.
     #[error("control socket {path}: {source}")]
     Io {
@@ -86,62 +103,25 @@ pub enum ControlError {
     },
 }
 
-/// A request, as sent on the wire: `{"v":1,"cmd":"status"}`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Request {
-    /// The protocol version.
-    pub v: u32,
-    /// The command.
-    pub cmd: Command,
-}
-
-/// The commands.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum Command {
-    /// Report listeners, generations, reloads and counters.
-    Status,
-    /// Reload, wait for the outcome.
-    Reload,
-    /// Drain every generation and exit.
-    Stop,
-}
-
-/// A response: `ok`, and what the command returns, or `error`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct Response {
-    /// The protocol version.
-    pub v: u32,
-    /// Whether the command succeeded (a failed reload is `false`).
-    pub ok: bool,
-    /// Why not.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    /// For `status`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub status: Option<Box<Status>>,
-    /// For `reload`: the reload, complete or failed.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reload: Option<ReloadRecord>,
-}
-
-impl Response {
-    /// A success with nothing more to say.
-    pub fn ok() -> Self {
-        Response {
-            v: VERSION,
-            ok: true,
-            ..Response::default()
-        }
+fn stale_list(stale: &[String]) -> String {
+    if stale.is_empty() {
+        String::new()
+    } else {
+        format!("; stale, nobody answers: {}", stale.join(", "))
     }
+}
 
-    /// A failure.
-    pub fn error(message: impl Into<String>) -> Self {
-        Response {
-            v: VERSION,
-            ok: false,
-            error: Some(message.into()),
-            ..Response::default()
+impl ControlError {
+    /// Whether the error means that no baton runs there: no socket file
+    /// (or no directory), or a stale one. `baton ctl` exits 3 for it.
+    pub fn no_baton(&self) -> bool {
+        match self {
+            ControlError::NotRunning { .. } | ControlError::Stale(_) | ControlError::Missing(_) => {
+                true
+            }
+            ControlError::Io { source, .. } => source.kind() == io::ErrorKind::NotFound,
+            ControlError::Unsafe(error) => error.is_not_found(),
+            _ => false,
         }
     }
 }
@@ -166,47 +146,10 @@ pub fn default_path(name: &str) -> PathBuf {
     default_dir().join(format!("{name}.sock"))
 }
 
-/// Find the control socket for `baton ctl` when no name or path is given:
-/// the only one in [`default_dir`], or an error listing them.
-pub fn discover() -> Result<PathBuf, ControlError> {
-    let dir = default_dir();
-    let mut sockets: Vec<PathBuf> = match Dir::open(&dir, Rule::Own, false) {
-        Ok(checked) => std::fs::read_dir(checked.entry("."))
-            .map(|entries| {
-                entries
-                    .flatten()
-                    .filter_map(|e| e.file_name().to_str().map(|name| dir.join(name)))
-                    .filter(|p| p.extension().is_some_and(|e| e == "sock"))
-                    .collect()
-            })
-            .unwrap_or_default(),
-        Err(error) if error.is_not_found() => Vec::new(),
-        Err(error) => return Err(error.into()),
-    };
-    sockets.sort();
-    match sockets.len() {
-        0 => Err(ControlError::NotFound(format!(
-            "no running baton found (no control socket in {}): is baton running as this user? use --name or --control",
-            dir.display()
-        ))),
-        1 => Ok(sockets.remove(0)),
-        _ => {
-            let names: Vec<String> = sockets
-                .iter()
-                .filter_map(|p| p.file_stem()?.to_str().map(str::to_owned))
-                .collect();
-            Err(ControlError::NotFound(format!(
-                "several batons are running ({}): choose one with --name",
-                names.join(", ")
-            )))
-        }
-    }
-}
-
 /// The checked directory that holds the socket `path`, and the socket's
 /// name in it: baton's own directory by the strict rule (made if
 /// `create`), any other by the rule for a directory named by `--control`.
-fn socket_dir(path: &Path, create: bool) -> Result<(Dir, &str), ControlError> {
+pub(crate) fn socket_dir(path: &Path, create: bool) -> Result<(Dir, &str), ControlError> {
     let (parent, name) = runtime_dir::split(path)?;
     let rule = if parent == default_dir() {
         Rule::Own
@@ -322,9 +265,10 @@ pub async fn serve(
 /// Answer a connection beyond [`MAX_CONNECTIONS`] without waiting for it,
 /// then close it.
 fn refuse_busy(stream: &UnixStream) {
-    let response = Response::error(format!(
-        "too many control connections (the limit is {MAX_CONNECTIONS}): try again later"
-    ));
+    let response = Response::error(
+        ErrorCode::TooManyConnections,
+        format!("too many control connections (the limit is {MAX_CONNECTIONS}): try again later"),
+    );
     let mut line = serde_json::to_vec(&response).expect("a response serializes");
     line.push(b'\n');
     // A fresh socket's buffer takes one line; if not, closing says enough.
@@ -355,7 +299,8 @@ async fn connection(
     let (read, mut write) = stream.into_split();
     if let Some(refusal) = refusal {
         tracing::warn!(%refusal, "control connection refused");
-        let _ = send(&mut write, &Response::error(refusal)).await;
+        let response = Response::error(ErrorCode::PermissionDenied, refusal);
+        let _ = send(&mut write, &response).await;
         return;
     }
     let mut reader = BufReader::new(read);
@@ -364,10 +309,13 @@ async fn connection(
             Ok(Ok(Some(line))) => line,
             Ok(Ok(None) | Err(_)) => return,
             Err(_idle) => {
-                let idle = Response::error(format!(
-                    "closing the connection: no request for {} s",
-                    IDLE_TIMEOUT.as_secs()
-                ));
+                let idle = Response::error(
+                    ErrorCode::IdleTimeout,
+                    format!(
+                        "closing the connection: no request for {} s",
+                        IDLE_TIMEOUT.as_secs()
+                    ),
+                );
                 let _ = send(&mut write, &idle).await;
                 return;
             }
@@ -376,9 +324,9 @@ async fn connection(
         let response = match line {
             Ok(line) => match parse(&line) {
                 Ok(command) => call(&requests, command).await,
-                Err(error) => Response::error(error),
+                Err((code, error)) => Response::error(code, error),
             },
-            Err(too_long) => Response::error(too_long),
+            Err(too_long) => Response::error(ErrorCode::RequestTooLarge, too_long),
         };
         if send(&mut write, &response).await.is_err() {
             return;
@@ -423,25 +371,41 @@ async fn read_line<R: tokio::io::AsyncBufRead + Unpin>(
     Ok(Some(Ok(String::from_utf8_lossy(&line).into_owned())))
 }
 
-/// Parse a request line.
-pub fn parse(line: &str) -> Result<Command, String> {
-    let value: serde_json::Value =
-        serde_json::from_str(line).map_err(|e| format!("invalid JSON: {e}"))?;
+/// Parse a request line; an error comes with its code.
+pub fn parse(line: &str) -> Result<Command, (ErrorCode, String)> {
+    let value: serde_json::Value = serde_json::from_str(line)
+        .map_err(|e| (ErrorCode::InvalidJson, format!("invalid JSON: {e}")))?;
     match value.get("v").and_then(|v| v.as_u64()) {
         Some(v) if v == u64::from(VERSION) => {}
         Some(v) => {
-            return Err(format!(
-                "unsupported protocol version {v}: this baton speaks {VERSION}"
+            return Err((
+                ErrorCode::UnsupportedVersion,
+                format!("unsupported protocol version {v}: this baton speaks {VERSION}"),
             ));
         }
         None => {
-            return Err(format!(
-                "missing protocol version: send {{\"v\":{VERSION},\"cmd\":…}}"
+            return Err((
+                ErrorCode::MissingVersion,
+                format!("missing protocol version: send {{\"v\":{VERSION},\"cmd\":…}}"),
             ));
         }
     }
-    let request: Request = serde_json::from_value(value)
-        .map_err(|e| format!("invalid request: {e} (commands: status, reload, stop)"))?;
+    // A string that names no command, as opposed to no `cmd` at all.
+    let unknown = value
+        .get("cmd")
+        .and_then(|cmd| cmd.as_str())
+        .is_some_and(|cmd| serde_json::from_value::<Command>(cmd.into()).is_err());
+    let request: Request = serde_json::from_value(value).map_err(|e| {
+        let code = if unknown {
+            ErrorCode::NoSuchCommand
+        } else {
+            ErrorCode::InvalidRequest
+        };
+        (
+            code,
+            format!("invalid request: {e} (commands: status, reload, stop)"),
+        )
+    })?;
     Ok(request.cmd)
 }
 
@@ -452,11 +416,11 @@ async fn call(requests: &mpsc::Sender<ControlRequest>, command: Command) -> Resp
         .await
         .is_err()
     {
-        return Response::error("baton is shutting down");
+        return Response::error(ErrorCode::ShuttingDown, "baton is shutting down");
     }
     answer
         .await
-        .unwrap_or_else(|_| Response::error("baton is shutting down"))
+        .unwrap_or_else(|_| Response::error(ErrorCode::ShuttingDown, "baton is shutting down"))
 }
 
 /// Write one response; a client that reads nothing for [`IDLE_TIMEOUT`]
@@ -469,54 +433,6 @@ async fn send(write: &mut tokio::net::unix::OwnedWriteHalf, response: &Response)
         .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
 }
 
-/// The client side: send one command, wait for its response (a reload
-/// waits for its outcome, however long it takes).
-pub fn request(path: &Path, command: Command) -> Result<Response, ControlError> {
-    use std::io::{BufRead, Write};
-    let io_err = |source| ControlError::Io {
-        path: path.to_owned(),
-        source,
-    };
-    let (dir, name) = socket_dir(path, false)?;
-    match dir.kind(name).map_err(io_err)? {
-        Some(Kind::Socket) | None => {}
-        Some(_) => return Err(ControlError::NotASocket(path.to_owned())),
-    }
-    let mut stream = StdUnixStream::connect(dir.entry(name)).map_err(|e| {
-        if e.kind() == io::ErrorKind::ConnectionRefused {
-            ControlError::Stale(path.to_owned())
-        } else {
-            io_err(e)
-        }
-    })?;
-    // Before a word is sent or believed: is this baton, or someone posing?
-    let uid = local_users::peer_uid(&stream).map_err(io_err)?;
-    if !local_users::believable_server(uid, dir.owner()) {
-        return Err(ControlError::Untrusted {
-            path: path.to_owned(),
-            uid,
-            ours: nix::unistd::geteuid().as_raw(),
-        });
-    }
-    let mut line = serde_json::to_vec(&Request {
-        v: VERSION,
-        cmd: command,
-    })
-    .expect("serializes");
-    line.push(b'\n');
-    // A refused peer is answered and disconnected without its request
-    // being read: the write may then fail (EPIPE) while the refusal waits
-    // to be read. Read it before reporting the write's error.
-    let written = stream.write_all(&line);
-    let mut answer = String::new();
-    let read = std::io::BufReader::new(stream).read_line(&mut answer);
-    if answer.is_empty() {
-        written.map_err(io_err)?;
-        read.map_err(io_err)?;
-    }
-    serde_json::from_str(&answer).map_err(|e| ControlError::Protocol(format!("{e}: {answer:?}")))
-}
-
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::PermissionsExt;
@@ -527,22 +443,38 @@ mod tests {
     fn requests_parse_strictly() {
         assert_eq!(parse(r#"{"v":1,"cmd":"status"}"#), Ok(Command::Status));
         assert_eq!(parse(r#"{"v":1,"cmd":"reload"}"#), Ok(Command::Reload));
-        assert!(parse("status").unwrap_err().starts_with("invalid JSON"));
-        assert!(
-            parse(r#"{"cmd":"status"}"#)
-                .unwrap_err()
-                .contains("missing protocol version")
-        );
-        assert!(
-            parse(r#"{"v":2,"cmd":"status"}"#)
-                .unwrap_err()
-                .contains("unsupported")
-        );
-        assert!(
-            parse(r#"{"v":1,"cmd":"dance"}"#)
-                .unwrap_err()
-                .contains("commands: status, reload, stop")
-        );
+        for (line, code, says) in [
+            ("status", ErrorCode::InvalidJson, "invalid JSON"),
+            (
+                r#"{"cmd":"status"}"#,
+                ErrorCode::MissingVersion,
+                "missing protocol version",
+            ),
+            (
+                r#"{"v":2,"cmd":"status"}"#,
+                ErrorCode::UnsupportedVersion,
+                "unsupported",
+            ),
+            (
+                r#"{"v":1,"cmd":"dance"}"#,
+                ErrorCode::NoSuchCommand,
+                "commands: status, reload, stop",
+            ),
+            (
+                r#"{"v":1}"#,
+                ErrorCode::InvalidRequest,
+                "missing field `cmd`",
+            ),
+            (
+                r#"{"v":1,"cmd":7}"#,
+                ErrorCode::InvalidRequest,
+                "commands: status",
+            ),
+        ] {
+            let (got, message) = parse(line).unwrap_err();
+            assert_eq!(got, code, "{line}: {message}");
+            assert!(message.contains(says), "{line}: {message}");
+        }
     }
 
     #[tokio::test]
@@ -584,6 +516,7 @@ mod tests {
         let mut said = String::new();
         idle.read_to_string(&mut said).await.unwrap();
         assert!(said.contains("no request for 60 s"), "{said}");
+        assert!(said.contains(r#""code":"idle_timeout""#), "{said}");
         assert!(start.elapsed() >= IDLE_TIMEOUT);
         // Long past the idle timeout, the reload's answer still arrives.
         tokio::time::sleep(IDLE_TIMEOUT * 2).await;
@@ -610,6 +543,10 @@ mod tests {
         extra.read_to_string(&mut refused).await.unwrap();
         assert!(
             refused.contains("too many control connections"),
+            "{refused}"
+        );
+        assert!(
+            refused.contains(r#""code":"too_many_connections""#),
             "{refused}"
         );
         // A slot freed is a slot taken again, once baton has seen the

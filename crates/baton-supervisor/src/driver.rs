@@ -87,6 +87,9 @@ pub enum DriverError {
     /// No worker could ever start: the machine gave up (the reason says how).
     #[error("{0}")]
     GaveUp(String),
+    /// The pid file cannot be put in place.
+    #[error(transparent)]
+    PidFile(#[from] crate::pid_file::PidFileError),
 }
 
 /// The driver. See the [module docs](self).
@@ -109,6 +112,7 @@ pub struct Driver {
     seen_rx: mpsc::UnboundedReceiver<Seen>,
     control: Option<(std::os::unix::net::UnixListener, PathBuf)>,
     control_path: Option<PathBuf>,
+    pid_file: Option<crate::pid_file::PidFile>,
     requests: mpsc::Sender<ControlRequest>,
     requests_rx: mpsc::Receiver<ControlRequest>,
     metrics: Option<std::net::TcpListener>,
@@ -163,6 +167,7 @@ impl Driver {
             seen_rx,
             control_path: config.control.as_ref().map(|(_, path)| path.clone()),
             control: config.control,
+            pid_file: config.pid_file,
             requests,
             requests_rx,
             metrics: config.metrics,
@@ -187,6 +192,10 @@ impl Driver {
         let mut signals =
             Signals::install(self.signal_table.clone()).map_err(DriverError::Signals)?;
         let mut child = signal(SignalKind::child()).map_err(DriverError::Signals)?;
+        if let Some(pid_file) = &mut self.pid_file {
+            pid_file.publish()?;
+            tracing::info!(path = %pid_file.path().display(), "pid file");
+        }
         let mut group_check = interval(GROUP_CHECK_INTERVAL);
         let mut listener_check = interval(listening::CHECK_INTERVAL);
         // Pings prove that baton's own loop runs: a worker in crash

@@ -17,7 +17,7 @@
 //! only async-signal-safe calls. The name also keeps `pidof baton` to baton
 //! alone.
 
-use std::ffi::{CString, OsStr};
+use std::ffi::{CStr, CString, OsStr};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
@@ -43,25 +43,44 @@ pub struct Guardian {
 impl Guardian {
     /// Start a guardian: fork, and exec baton's own binary in the guardian
     /// role. Safe to call from a multi-threaded process: the child makes
-    /// only async-signal-safe calls before `execve`.
+    /// only async-signal-safe calls before `execve`. Returns once the exec
+    /// has happened, so the pid it reports is already `baton-guardian`.
     pub fn start() -> io::Result<Self> {
+        Self::start_from(c"/proc/self/exe")
+    }
+
+    fn start_from(exe: &CStr) -> io::Result<Self> {
         let (read, write) = pipe()?;
-        let prepared = Prepared::new(read.as_fd())?;
-        drop(read);
+        // Close-on-exec: end-of-file on it means the exec happened; four
+        // bytes mean it failed, with that errno (what std's spawn does).
+        let (exec_read, exec_write) = pipe()?;
+        let prepared = Prepared::new(exe, read.as_fd(), exec_write.as_fd())?;
+        drop((read, exec_write));
         // SAFETY: the child runs only `exec_in_child` (async-signal-safe
         // calls on memory prepared above), then `_exit`; it never returns
         // into Rust code that could take a lock held at fork time.
-        match unsafe { libc::fork() } {
-            -1 => Err(io::Error::last_os_error()),
+        let pid = match unsafe { libc::fork() } {
+            -1 => return Err(io::Error::last_os_error()),
             0 => {
                 prepared.exec_in_child();
                 // SAFETY: _exit is async-signal-safe and skips destructors.
                 unsafe { libc::_exit(127) }
             }
-            pid => Ok(Guardian {
-                pid,
-                pipe: Some(write),
-            }),
+            pid => pid,
+        };
+        // The parent's copy of the exec pipe's write end must be closed,
+        // or the read below never sees end-of-file.
+        drop(prepared);
+        let guardian = Guardian {
+            pid,
+            pipe: Some(write),
+        };
+        match exec_error(exec_read.as_fd()) {
+            None => Ok(guardian),
+            Some(error) => {
+                guardian.finish();
+                Err(error)
+            }
         }
     }
 
@@ -176,6 +195,21 @@ fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
+/// Wait for the child's exec: `None` once it happened (end-of-file on the
+/// close-on-exec pipe), or the error the child wrote when it failed.
+fn exec_error(fd: BorrowedFd<'_>) -> Option<io::Error> {
+    let mut errno = [0u8; 4];
+    loop {
+        // SAFETY: reads into a local buffer from our own pipe.
+        let n = unsafe { libc::read(fd.as_raw_fd(), errno.as_mut_ptr().cast(), errno.len()) };
+        if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+            continue;
+        }
+        return (n == errno.len() as isize)
+            .then(|| io::Error::from_raw_os_error(i32::from_ne_bytes(errno)));
+    }
+}
+
 /// Duplicate `fd` above the descriptors the child sets up, close-on-exec.
 fn dup_high(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     // SAFETY: F_DUPFD_CLOEXEC creates a new descriptor and touches nothing else.
@@ -189,6 +223,7 @@ fn dup_high(fd: BorrowedFd<'_>) -> io::Result<OwnedFd> {
 
 /// Everything the child needs, built before fork.
 struct Prepared {
+    exe: CString,
     argv: [*const libc::c_char; 2],
     envp: Vec<*const libc::c_char>,
     _env: Vec<CString>,
@@ -198,10 +233,12 @@ struct Prepared {
     /// target clobbers them.
     pipe: OwnedFd,
     dev_null: OwnedFd,
+    /// Where the child reports a failed exec (close-on-exec).
+    exec_status: OwnedFd,
 }
 
 impl Prepared {
-    fn new(pipe: BorrowedFd<'_>) -> io::Result<Self> {
+    fn new(exe: &CStr, pipe: BorrowedFd<'_>, exec_status: BorrowedFd<'_>) -> io::Result<Self> {
         // Baton's environment (the e2e tests find a baton's processes by
         // it), without what describes baton's own sockets and systemd.
         let env: Vec<CString> = std::env::vars_os()
@@ -216,17 +253,19 @@ impl Prepared {
         let mut envp: Vec<_> = env.iter().map(|s| s.as_ptr()).collect();
         envp.push(std::ptr::null());
         Ok(Prepared {
+            exe: exe.to_owned(),
             argv: [c"baton-guardian".as_ptr(), std::ptr::null()],
             envp,
             _env: env,
             ignored: crate::signals::guardian_ignores(),
             pipe: dup_high(pipe)?,
             dev_null: dup_high(std::fs::File::open("/dev/null")?.as_fd())?,
+            exec_status: dup_high(exec_status)?,
         })
     }
 
     /// Runs in the child between fork and exec: async-signal-safe calls
-    /// only. Returns only if exec failed.
+    /// only. Returns only if exec failed, after telling the parent why.
     fn exec_in_child(&self) {
         // SAFETY: every call is async-signal-safe, uses buffers built before
         // fork, and touches only this process (the child).
@@ -243,6 +282,7 @@ impl Prepared {
                 || libc::dup2(self.dev_null.as_raw_fd(), 0) < 0
                 || libc::dup2(self.dev_null.as_raw_fd(), 1) < 0
             {
+                self.report_failure();
                 return;
             }
             // Nothing else of baton's — its listening sockets above all —
@@ -253,11 +293,48 @@ impl Prepared {
                 libc::c_uint::MAX,
                 libc::CLOSE_RANGE_CLOEXEC,
             );
-            libc::execve(
-                c"/proc/self/exe".as_ptr(),
-                self.argv.as_ptr(),
-                self.envp.as_ptr(),
+            libc::execve(self.exe.as_ptr(), self.argv.as_ptr(), self.envp.as_ptr());
+            self.report_failure();
+        }
+    }
+
+    /// In the child: write errno to the exec pipe (async-signal-safe).
+    fn report_failure(&self) {
+        // SAFETY: reads this thread's errno and writes a local buffer to a
+        // descriptor the child owns.
+        unsafe {
+            let errno = (*libc::__errno_location()).to_ne_bytes();
+            libc::write(
+                self.exec_status.as_raw_fd(),
+                errno.as_ptr().cast(),
+                errno.len(),
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A guardian whose exec fails is an error at once, not a pid that
+    /// looks alive until the reaper finds it dead.
+    #[test]
+    fn a_failed_exec_is_reported_by_start() {
+        let error = Guardian::start_from(c"/nonexistent/baton").expect_err("exec fails");
+        assert_eq!(error.kind(), io::ErrorKind::NotFound, "{error}");
+    }
+
+    /// `start` returns after the exec: the pid already runs the new
+    /// program, never a copy of the caller.
+    #[test]
+    fn start_returns_after_the_exec() {
+        let guardian = Guardian::start_from(c"/bin/cat").expect("cat runs");
+        let exe = std::fs::read_link(format!("/proc/{}/exe", guardian.pid()));
+        // cat reads /dev/null and exits: a zombie has no exe link, which
+        // also proves it was not the test binary.
+        let test_binary = std::env::current_exe().expect("current exe");
+        assert_ne!(exe.ok(), Some(test_binary));
+        guardian.finish();
     }
 }

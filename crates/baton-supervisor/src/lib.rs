@@ -31,6 +31,7 @@ pub mod listeners;
 pub mod local_users;
 pub mod machine;
 pub mod metrics;
+pub mod pid_file;
 pub mod readiness;
 pub mod runtime_dir;
 pub mod signals;

@@ -10,25 +10,14 @@ use baton_sd::ActivationError;
 
 use crate::Error;
 
+/// Server::Starter's variable breaks its protocol: the same error as a bad
+/// systemd variable.
 fn invalid(var: &'static str, value: &str, reason: String) -> Error {
-    Error::InvalidVar {
+    Error::Handover(ActivationError::InvalidVar {
         var,
         value: value.to_owned(),
         reason,
-    }
-}
-
-impl From<ActivationError> for Error {
-    fn from(error: ActivationError) -> Self {
-        match error {
-            ActivationError::InvalidVar { var, value, reason } => {
-                Error::InvalidVar { var, value, reason }
-            }
-            ActivationError::NameCountMismatch { names, fds } => {
-                Error::NameCountMismatch { names, fds }
-            }
-        }
-    }
+    })
 }
 
 /// Which descriptors to take, with their names, in hand-over order;
@@ -183,7 +172,10 @@ mod tests {
         let vars = systemd(Some("42"), "1", Some("a:b"));
         assert!(matches!(
             plan_of(&vars, 42),
-            Err(Error::NameCountMismatch { names: 2, fds: 1 })
+            Err(Error::Handover(ActivationError::NameCountMismatch {
+                names: 2,
+                fds: 1
+            }))
         ));
     }
 
@@ -207,10 +199,10 @@ mod tests {
         assert!(err.to_string().starts_with("LISTEN_PID=\"abc\" is invalid"));
         assert!(matches!(
             err,
-            Error::InvalidVar {
+            Error::Handover(ActivationError::InvalidVar {
                 var: "LISTEN_PID",
                 ..
-            }
+            })
         ));
         assert!(plan_of(&systemd(Some(""), "1", None), 1).is_err());
         assert!(plan_of(&systemd(Some("1"), "-1", None), 1).is_err());
@@ -245,10 +237,10 @@ mod tests {
             assert!(
                 matches!(
                     err,
-                    Error::InvalidVar {
+                    Error::Handover(ActivationError::InvalidVar {
                         var: "SERVER_STARTER_PORT",
                         ..
-                    }
+                    })
                 ),
                 "{bad}: {err}"
             );

@@ -17,25 +17,10 @@ pub enum Error {
     #[error("the inherited sockets were already taken by an earlier call to listeners()")]
     AlreadyTaken,
 
-    /// An environment variable does not follow its protocol.
-    #[error("{var}={value:?} is invalid: {reason}")]
-    InvalidVar {
-        /// The variable, e.g. `LISTEN_FDS`.
-        var: &'static str,
-        /// Its value (lossily converted if it was not UTF-8).
-        value: String,
-        /// What is wrong with it.
-        reason: String,
-    },
-
-    /// `LISTEN_FDNAMES` does not name every descriptor of `LISTEN_FDS`.
-    #[error("LISTEN_FDNAMES has {names} names but LISTEN_FDS is {fds}")]
-    NameCountMismatch {
-        /// How many names `LISTEN_FDNAMES` holds.
-        names: usize,
-        /// The value of `LISTEN_FDS`.
-        fds: usize,
-    },
+    /// A hand-over variable (`LISTEN_FDS`, `LISTEN_PID`, `LISTEN_FDNAMES`,
+    /// `SERVER_STARTER_PORT`) does not follow its protocol.
+    #[error(transparent)]
+    Handover(#[from] baton_sd::ActivationError),
 
     /// A descriptor that should be a socket is not open at all.
     #[error("fd {fd} ({name}) is not open")]

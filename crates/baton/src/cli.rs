@@ -120,6 +120,10 @@ pub struct RunArgs {
     /// anyway (root excepted).
     #[arg(long, value_name = "MODE", value_parser = parse_mode)]
     pub control_mode: Option<u32>,
+    /// Write baton's pid to this file once its sockets are bound (refused
+    /// if a running baton holds it); removed when baton exits.
+    #[arg(long, value_name = "PATH")]
+    pub pid_file: Option<PathBuf>,
     /// Serve the status page (GET /), GET /metrics (Prometheus) and
     /// GET /status on this address.
     #[arg(long, value_name = "ADDR")]
@@ -166,9 +170,10 @@ pub struct CtlArgs {
     /// The baton to talk to, by name.
     #[arg(long, value_name = "NAME", value_parser = parse_name)]
     pub name: Option<String>,
-    /// The baton to talk to, by control socket path. Without it or
-    /// --name: $BATON_CONTROL, else the only baton running.
-    #[arg(long, value_name = "PATH")]
+    /// The baton to talk to, by control socket path. The socket is the
+    /// first of: --control, $BATON_CONTROL, --name, $BATON_NAME, the only
+    /// baton running.
+    #[arg(long, value_name = "PATH", conflicts_with = "name")]
     pub control: Option<PathBuf>,
     /// Print the JSON response instead of a table.
     #[arg(long, global = true)]
@@ -192,9 +197,9 @@ pub enum CtlAction {
 /// `baton check`.
 #[derive(Debug, Args)]
 pub struct CheckArgs {
-    /// The config file to check.
-    #[arg(long, value_name = "FILE", required = true)]
-    pub config: PathBuf,
+    /// The config file to check [env: BATON_CONFIG].
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
 }
 
 /// `baton completions`.
@@ -217,7 +222,14 @@ pub struct ManArgs {
 /// option's `BATON_*` variable appended to its help: written once, the
 /// help cannot disagree with them.
 pub fn command() -> clap::Command {
-    Cli::command().mut_subcommand("run", |mut run| {
+    let mut cli = Cli::command();
+    for key in env::GLOBAL_KEYS {
+        cli = cli.mut_arg(key, |arg| {
+            let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+            arg.help(format!("{help} [env: {}]", env::variable(key)))
+        });
+    }
+    cli.mut_subcommand("run", |mut run| {
         let notes = crate::config::defaults()
             .map(|(id, default)| (id, format!("[default: {default}]")))
             .into_iter()
@@ -237,11 +249,15 @@ pub fn command() -> clap::Command {
 }
 
 /// Parse the command line as [`Parser::parse`] would, with the help of
-/// [`command`].
-pub fn parse() -> Cli {
+/// [`command`]; `--log-format` and `--log-level` not given come from their
+/// variables.
+pub fn parse() -> Result<Cli, env::EnvError> {
     let mut command = command();
     let matches = command.get_matches_mut();
-    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.format(&mut command).exit())
+    let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.format(&mut command).exit());
+    let given = |id: &str| matches.value_source(id) == Some(clap::parser::ValueSource::CommandLine);
+    env::fill_global(&mut cli, given, |name| std::env::var_os(name))?;
+    Ok(cli)
 }
 
 /// Check a listener spec; it is parsed again, with its index, later.
@@ -370,11 +386,6 @@ pub fn parse_signal(text: &str) -> Result<StopSignal, String> {
 /// A signal for `--forward-signal`: `USR2`, `SIGWINCH`, `RTMIN+1`.
 pub fn parse_forward_signal(text: &str) -> Result<i32, String> {
     baton_supervisor::signals::parse_forward(text)
-}
-
-/// Signals as [`parse_forward_signal`] reads them, comma-separated.
-pub fn parse_forward_signals(text: &str) -> Result<Vec<i32>, String> {
-    text.split(',').map(parse_forward_signal).collect()
 }
 
 /// An octal file mode such as `0660`.

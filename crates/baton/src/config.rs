@@ -14,9 +14,8 @@
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::net::SocketAddr;
-use std::num::{NonZeroU32, NonZeroUsize, ParseIntError};
+use std::num::{NonZeroU32, NonZeroUsize};
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::time::Duration;
 
 use baton_supervisor::driver::{Blueprint, DevSettings};
@@ -24,12 +23,15 @@ use baton_supervisor::fswatch::{DEFAULT_DEBOUNCE, WatchSettings};
 use baton_supervisor::listeners::{self, BindOptions, ListenerSpec};
 use baton_supervisor::machine::{Readiness, Settings, StopSignal};
 use baton_supervisor::spawn::WorkerCommand;
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 
 use crate::cli::{self, RunArgs};
 
+mod de;
 mod env_table;
 mod start_only;
+
+use self::de::{count, duration, forward_signal, listen, mode, name, readiness, signal, timeout};
 
 pub use self::start_only::StartOnly;
 
@@ -69,6 +71,7 @@ pub struct FileConfig {
     control: Option<PathBuf>,
     #[serde(default, deserialize_with = "mode")]
     control_mode: Option<u32>,
+    pid_file: Option<PathBuf>,
     metrics: Option<SocketAddr>,
     #[serde(default)]
     watch: Vec<PathBuf>,
@@ -127,6 +130,8 @@ pub struct Resolved {
     pub control: Option<PathBuf>,
     /// The control socket's mode.
     pub control_mode: u32,
+    /// Where to write baton's pid.
+    pub pid_file: Option<PathBuf>,
     /// Where to serve metrics.
     pub metrics: Option<SocketAddr>,
     /// The dev loop, when something is watched.
@@ -342,6 +347,7 @@ pub fn resolve(
             .control_mode
             .or(file.control_mode)
             .unwrap_or(DEFAULT_CONTROL_MODE),
+        pid_file: args.pid_file.clone().or(file.pid_file),
         metrics: args.metrics.or(file.metrics),
         forward_signals: if args.forward_signal.is_empty() {
             file.forward_signal
@@ -450,6 +456,9 @@ pub fn render(resolved: &Resolved) -> String {
         None => "control = none".to_owned(),
     });
     out.push(format!("control_mode = {:04o}", resolved.control_mode));
+    if let Some(path) = &resolved.pid_file {
+        out.push(format!("pid_file = {}", path.display()));
+    }
     if let Some(addr) = resolved.metrics {
         out.push(format!("metrics = {addr}"));
     }
@@ -482,65 +491,6 @@ pub fn render(resolved: &Resolved) -> String {
         ));
     }
     out.join("\n")
-}
-
-fn parsed<'de, D, T>(d: D, parse: fn(&str) -> Result<T, String>) -> Result<Option<T>, D::Error>
-where
-    D: Deserializer<'de>,
-{
-    let text = String::deserialize(d)?;
-    parse(&text).map(Some).map_err(serde::de::Error::custom)
-}
-
-fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-    parsed(d, cli::parse_duration)
-}
-
-fn timeout<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-    parsed(d, cli::parse_timeout)
-}
-
-fn readiness<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Readiness>, D::Error> {
-    parsed(d, cli::parse_readiness)
-}
-
-fn signal<'de, D: Deserializer<'de>>(d: D) -> Result<Option<StopSignal>, D::Error> {
-    parsed(d, cli::parse_signal)
-}
-
-fn mode<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
-    parsed(d, cli::parse_mode)
-}
-
-fn name<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-    parsed(d, cli::parse_name)
-}
-
-/// A TOML integer of at least 1, checked as the flag's value is.
-fn count<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
-where
-    D: Deserializer<'de>,
-    T: FromStr<Err = ParseIntError>,
-{
-    let number = i64::deserialize(d)?;
-    cli::parse_count(&number.to_string())
-        .map(Some)
-        .map_err(serde::de::Error::custom)
-}
-
-fn forward_signal<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<i32>, D::Error> {
-    Vec::<String>::deserialize(d)?
-        .iter()
-        .map(|name| cli::parse_forward_signal(name).map_err(serde::de::Error::custom))
-        .collect()
-}
-
-fn listen<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
-    let specs = Vec::<String>::deserialize(d)?;
-    for spec in &specs {
-        cli::parse_listener(spec).map_err(serde::de::Error::custom)?;
-    }
-    Ok(specs)
 }
 
 #[cfg(test)]

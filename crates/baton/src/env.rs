@@ -1,22 +1,34 @@
 //! The `BATON_*` environment variables: the layer between the command line
 //! and the config file (flag > environment > file > default).
 //!
-//! Each setting of `baton run` that the file has, except the command and
-//! the lists (`listen`, `watch`, `ignore`, `ext`), may come from
-//! `BATON_<KEY>` (`forward_signal`, a list, comma-separated): `ready_timeout` from `BATON_READY_TIMEOUT`. They are read
-//! once, at start; a reload re-reads the file only. baton reads them itself
-//! rather than through clap's `env`, for two reasons: an error names the
-//! variable, not a flag the user never gave, and an empty variable counts
-//! as unset (what systemd's `Environment=BATON_X=` means).
+//! Every option of `baton run` may come from `BATON_<OPTION>`:
+//! `--ready-timeout` from `BATON_READY_TIMEOUT`, the worker's command from
+//! `BATON_COMMAND`; `--log-format` and `--log-level` from
+//! `BATON_LOG_FORMAT` and `BATON_LOG_LEVEL` ([`fill_global`]). A list
+//! (`listen`, `watch`, `ignore`, `ext`, `forward_signal`) is
+//! comma-separated, each item trimmed (a comma inside `{…}` of an
+//! `ignore` glob does not separate); the command is split into words as a
+//! POSIX shell would, quotes and backslashes included, without expanding
+//! anything. They are read once, at start; a reload re-reads the file only.
+//! baton reads them itself rather than through clap's `env`, for two
+//! reasons: an error names the variable, not a flag the user never gave,
+//! and an empty variable counts as unset (what systemd's
+//! `Environment=BATON_X=` means).
 
 use std::ffi::OsString;
 use std::net::SocketAddr;
+use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
-use crate::cli::{self, RunArgs};
+use clap::ValueEnum;
 
-/// The config-file keys that have a variable, in `baton run --help` order.
-pub const KEYS: [&str; 17] = [
+use crate::cli::{self, Cli, CtlArgs, LogFormat, RunArgs};
+
+/// The options of `baton run` (by id) that have a variable, in `baton run
+/// --help` order: every one.
+pub const KEYS: [&str; 24] = [
+    "config",
+    "listen",
     "backlog",
     "unix_mode",
     "ready",
@@ -29,12 +41,20 @@ pub const KEYS: [&str; 17] = [
     "name",
     "control",
     "control_mode",
+    "pid_file",
     "metrics",
+    "watch",
+    "ignore",
+    "ext",
     "debounce",
     "build",
     "min_interval",
     "forward_signal",
+    "command",
 ];
+
+/// The global options that have a variable.
+pub const GLOBAL_KEYS: [&str; 2] = ["log_format", "log_level"];
 
 /// The variable of a key: `BATON_` and the key in capitals.
 pub fn variable(key: &str) -> String {
@@ -54,6 +74,8 @@ pub struct EnvError {
 /// `lookup` is [`std::env::var_os`], or a map in tests.
 pub fn fill(args: &mut RunArgs, lookup: impl Fn(&str) -> Option<OsString>) -> Result<(), EnvError> {
     let vars = Vars(&lookup);
+    vars.fill_path(&mut args.config, "config");
+    vars.fill_list(&mut args.listen, "listen", cli::parse_listener)?;
     vars.fill(&mut args.backlog, "backlog", cli::parse_count)?;
     vars.fill(&mut args.unix_mode, "unix_mode", cli::parse_mode)?;
     vars.fill(&mut args.ready, "ready", cli::parse_readiness)?;
@@ -68,23 +90,110 @@ pub fn fill(args: &mut RunArgs, lookup: impl Fn(&str) -> Option<OsString>) -> Re
     vars.fill(&mut args.watchdog, "watchdog", cli::parse_duration)?;
     vars.fill(&mut args.start_limit, "start_limit", cli::parse_count)?;
     vars.fill(&mut args.name, "name", cli::parse_name)?;
-    if args.control.is_none() {
-        // A path need not be UTF-8.
-        args.control = vars.get("control").map(PathBuf::from);
-    }
+    vars.fill_path(&mut args.control, "control");
     vars.fill(&mut args.control_mode, "control_mode", cli::parse_mode)?;
+    vars.fill_path(&mut args.pid_file, "pid_file");
     vars.fill(&mut args.metrics, "metrics", |text| {
         text.parse::<SocketAddr>().map_err(|e| e.to_string())
     })?;
+    if args.watch.is_empty()
+        && let Some(value) = vars.get("watch")
+    {
+        // Paths need not be UTF-8: split the bytes.
+        args.watch = value
+            .as_bytes()
+            .split(|&b| b == b',')
+            .map(|item| item.trim_ascii())
+            .filter(|item| !item.is_empty())
+            .map(|item| PathBuf::from(std::ffi::OsStr::from_bytes(item)))
+            .collect();
+    }
+    vars.fill_list(&mut args.ignore, "ignore", |glob| Ok(glob.to_owned()))?;
+    vars.fill_list(&mut args.ext, "ext", |ext| Ok(ext.to_owned()))?;
     vars.fill(&mut args.debounce, "debounce", cli::parse_duration)?;
     vars.fill(&mut args.build, "build", |text| Ok(text.to_owned()))?;
     vars.fill(&mut args.min_interval, "min_interval", cli::parse_duration)?;
-    let mut forward = None;
-    vars.fill(&mut forward, "forward_signal", cli::parse_forward_signals)?;
-    if args.forward_signal.is_empty() {
-        args.forward_signal = forward.unwrap_or_default();
+    vars.fill_list(
+        &mut args.forward_signal,
+        "forward_signal",
+        cli::parse_forward_signal,
+    )?;
+    let mut command = None;
+    vars.fill(&mut command, "command", parse_command)?;
+    if args.command.is_empty() {
+        args.command = command.unwrap_or_default();
     }
     Ok(())
+}
+
+/// Fill `--log-format` and `--log-level` from their variables unless the
+/// command line gave them (`given` says which it did).
+pub fn fill_global(
+    cli: &mut Cli,
+    given: impl Fn(&str) -> bool,
+    lookup: impl Fn(&str) -> Option<OsString>,
+) -> Result<(), EnvError> {
+    let vars = Vars(&lookup);
+    if !given("log_format") {
+        let mut format = None;
+        vars.fill(&mut format, "log_format", |text| {
+            LogFormat::from_str(text, true).map_err(|_| "expected `text` or `json`".to_owned())
+        })?;
+        cli.log_format = format.unwrap_or(cli.log_format);
+    }
+    if !given("log_level") {
+        let mut level = None;
+        vars.fill(&mut level, "log_level", cli::parse_log_level)?;
+        cli.log_level = level.unwrap_or_else(|| cli.log_level.clone());
+    }
+    Ok(())
+}
+
+/// Fill `baton ctl`'s `--control` and `--name` from `BATON_CONTROL` and
+/// `BATON_NAME`, as `baton run` does.
+pub fn fill_ctl(
+    args: &mut CtlArgs,
+    lookup: impl Fn(&str) -> Option<OsString>,
+) -> Result<(), EnvError> {
+    let vars = Vars(&lookup);
+    vars.fill_path(&mut args.control, "control");
+    vars.fill(&mut args.name, "name", cli::parse_name)
+}
+
+/// `BATON_COMMAND`: words as a POSIX shell splits them (quotes,
+/// backslashes), with nothing expanded.
+pub fn parse_command(text: &str) -> Result<Vec<OsString>, String> {
+    match shlex::split(text) {
+        Some(words) if !words.is_empty() => Ok(words.into_iter().map(OsString::from).collect()),
+        Some(_) => Err("expected a command, e.g. BATON_COMMAND='./server --port 8080'".to_owned()),
+        None => Err(
+            "unbalanced quotes: quote as a POSIX shell does, e.g. './server --name \"my app\"'"
+                .to_owned(),
+        ),
+    }
+}
+
+/// The items of a list variable: comma-separated, each trimmed, empty ones
+/// dropped; a comma inside `{…}` (a glob's alternatives) does not separate.
+pub fn split_list(text: &str) -> Vec<&str> {
+    let (mut items, mut depth, mut start) = (Vec::new(), 0usize, 0);
+    for (at, c) in text.char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' => depth = depth.saturating_sub(1),
+            ',' if depth == 0 => {
+                items.push(&text[start..at]);
+                start = at + 1;
+            }
+            _ => {}
+        }
+    }
+    items.push(&text[start..]);
+    items
+        .into_iter()
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+        .collect()
 }
 
 struct Vars<'a>(&'a dyn Fn(&str) -> Option<OsString>);
@@ -118,6 +227,31 @@ impl Vars<'_> {
         *slot = Some(parse(text).map_err(error)?);
         Ok(())
     }
+
+    /// A path, which need not be UTF-8.
+    fn fill_path(&self, slot: &mut Option<PathBuf>, key: &str) {
+        if slot.is_none() {
+            *slot = self.get(key).map(PathBuf::from);
+        }
+    }
+
+    /// A list the command line left empty.
+    fn fill_list<T>(
+        &self,
+        slot: &mut Vec<T>,
+        key: &str,
+        parse: impl Fn(&str) -> Result<T, String>,
+    ) -> Result<(), EnvError> {
+        if !slot.is_empty() {
+            return Ok(());
+        }
+        let mut items = None;
+        self.fill(&mut items, key, |text| {
+            split_list(text).into_iter().map(&parse).collect()
+        })?;
+        *slot = items.unwrap_or_default();
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -142,6 +276,13 @@ mod tests {
     #[test]
     fn each_key_has_its_variable_and_fills_its_option() {
         let values = BTreeMap::from([
+            ("BATON_CONFIG", "/etc/baton/app.toml"),
+            ("BATON_LISTEN", "http=:8080"),
+            ("BATON_PID_FILE", "/run/app.pid"),
+            ("BATON_WATCH", "src"),
+            ("BATON_IGNORE", "*.log"),
+            ("BATON_EXT", "rs"),
+            ("BATON_COMMAND", "./server --port 8080"),
             ("BATON_BACKLOG", "7"),
             ("BATON_UNIX_MODE", "0640"),
             ("BATON_READY", "notify"),
@@ -161,7 +302,7 @@ mod tests {
             ("BATON_FORWARD_SIGNAL", "USR2,WINCH"),
         ]);
         let asked = RefCell::new(Vec::new());
-        let mut args = run_args(&["--config", "baton.toml"]);
+        let mut args = run_args(&[]);
         fill(&mut args, |name| {
             asked.borrow_mut().push(name.to_owned());
             values.get(name).map(OsString::from)
@@ -171,12 +312,94 @@ mod tests {
         assert_eq!(asked.into_inner(), expected, "each key, in order");
         let debug = format!("{args:?}");
         assert!(!debug.contains("None"), "an option left unfilled: {debug}");
+        assert!(!debug.contains("[]"), "a list left unfilled: {debug}");
         assert_eq!(args.ready_timeout, Some(Duration::from_secs(5)));
         assert_eq!(args.control, Some(PathBuf::from("/run/app.sock")));
         use nix::sys::signal::Signal;
         assert_eq!(
             args.forward_signal,
             [Signal::SIGUSR2 as i32, Signal::SIGWINCH as i32]
+        );
+    }
+
+    #[test]
+    fn lists_are_comma_separated_and_the_command_is_split_like_a_shell() {
+        let mut args = run_args(&[]);
+        fill(&mut args, |name| {
+            Some(match name {
+                "BATON_LISTEN" => "http=:8080, admin=unix:/run/app/admin.sock,".into(),
+                "BATON_IGNORE" => "*.{js,css}, tmp/**".into(),
+                "BATON_EXT" => "rs,toml".into(),
+                "BATON_WATCH" => "src, templates".into(),
+                "BATON_COMMAND" => r#"./server --name "my app" 'a b' c\ d"#.into(),
+                _ => return None,
+            })
+        })
+        .unwrap();
+        assert_eq!(
+            args.listen,
+            ["http=:8080", "admin=unix:/run/app/admin.sock"]
+        );
+        assert_eq!(args.ignore, ["*.{js,css}", "tmp/**"]);
+        assert_eq!(args.ext, ["rs", "toml"]);
+        assert_eq!(
+            args.watch,
+            [PathBuf::from("src"), PathBuf::from("templates")]
+        );
+        assert_eq!(args.command, ["./server", "--name", "my app", "a b", "c d"]);
+
+        // The command line wins, list or command.
+        let mut args = run_args(&["--listen", ":1", "--ext", "py", "app", "-x"]);
+        fill(&mut args, |name| match name {
+            "BATON_LISTEN" | "BATON_EXT" | "BATON_COMMAND" => Some("other".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(args.listen, [":1"]);
+        assert_eq!(args.ext, ["py"]);
+        assert_eq!(args.command, ["app", "-x"]);
+
+        for (name, value, says) in [
+            ("BATON_COMMAND", "./server 'open", "unbalanced quotes"),
+            ("BATON_COMMAND", "  ", "expected a command"),
+            ("BATON_LISTEN", "http=:8080,nohost:1", "invalid listener"),
+            (
+                "BATON_FORWARD_SIGNAL",
+                "USR2,TERM",
+                "SIGTERM acts on baton itself",
+            ),
+        ] {
+            let mut args = run_args(&[]);
+            let result = fill(&mut args, |n| (n == name).then(|| value.into()));
+            let err = result.unwrap_err().to_string();
+            assert!(err.starts_with(&format!("{name}={value}: ")), "{err}");
+            assert!(err.contains(says), "{err}");
+        }
+    }
+
+    #[test]
+    fn the_log_options_come_from_their_variables_unless_given() {
+        let mut cli = cli::Cli::parse_from(["baton", "ctl", "status"]);
+        let vars = |name: &str| match name {
+            "BATON_LOG_FORMAT" => Some("json".into()),
+            "BATON_LOG_LEVEL" => Some("debug".into()),
+            _ => None,
+        };
+        fill_global(&mut cli, |_| false, vars).unwrap();
+        assert_eq!(cli.log_format, LogFormat::Json);
+        assert_eq!(cli.log_level, "debug");
+        let mut cli = cli::Cli::parse_from(["baton", "--log-level", "warn", "ctl", "status"]);
+        fill_global(&mut cli, |id| id == "log_level", vars).unwrap();
+        assert_eq!(cli.log_level, "warn");
+        let err = fill_global(
+            &mut cli,
+            |_| false,
+            |name| (name == "BATON_LOG_FORMAT").then(|| "xml".into()),
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "BATON_LOG_FORMAT=xml: expected `text` or `json`"
         );
     }
 

@@ -5,7 +5,9 @@ mod cli;
 mod config;
 mod ctl_output;
 mod env;
+mod exit;
 mod logging;
+mod man;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -16,6 +18,7 @@ use baton_supervisor::driver::{Config, Driver, Reloader};
 use baton_supervisor::fdlimit;
 use baton_supervisor::guardian::Guardian;
 use baton_supervisor::listeners;
+use baton_supervisor::pid_file::PidFile;
 use baton_supervisor::runtime_dir::{self, RuntimeDir};
 use baton_supervisor::signals::SignalTable;
 use baton_supervisor::spawn::{SpawnError, resolve_program};
@@ -35,7 +38,13 @@ fn main() -> ExitCode {
     if baton_supervisor::guardian::is_guardian() {
         baton_supervisor::guardian::serve();
     }
-    let cli = cli::parse();
+    let cli = match cli::parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            eprintln!("baton: error: {error}");
+            return exit::code(exit::FAILURE);
+        }
+    };
     let log = init_logging(cli.log_format, &cli.log_level);
     let result = match cli.command {
         Command::Run(args) => run(*args).map(|()| ExitCode::SUCCESS),
@@ -52,7 +61,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(error) => {
             logging::print(&format!("baton: error: {}", describe(&error)));
-            ExitCode::FAILURE
+            exit::code(exit::of_error(&error))
         }
     };
     drop(log);
@@ -142,6 +151,13 @@ fn run(mut args: RunArgs) -> anyhow::Result<()> {
         }
     }
     check_command(&resolved)?;
+    // Checked before anything is bound (a running baton holding it is the
+    // clearer error), published by the driver once it handles signals.
+    let pid_file = resolved
+        .pid_file
+        .as_deref()
+        .map(PidFile::claim)
+        .transpose()?;
     let limits = fdlimit::raise().context("cannot read the open files limit (RLIMIT_NOFILE)")?;
     fdlimit::check(
         limits,
@@ -219,6 +235,7 @@ fn run(mut args: RunArgs) -> anyhow::Result<()> {
         dev: resolved.dev,
         runtime,
         signals: SignalTable::new(&resolved.forward_signals),
+        pid_file,
     };
     // Before the runtime, so that no worker can exist unguarded.
     let guardian = Guardian::start().context("cannot start the guardian process")?;
@@ -261,10 +278,22 @@ fn usage_error(kind: clap::error::ErrorKind, message: impl std::fmt::Display) ->
 /// `BATON_*` variables included.
 fn check(args: CheckArgs) -> anyhow::Result<()> {
     let mut run = RunArgs {
-        config: Some(args.config),
+        config: args.config,
         ..empty_run_args()
     };
     env::fill(&mut run, |name| std::env::var_os(name))?;
+    if run.config.is_none() {
+        let mut command = cli::command();
+        let check = command.find_subcommand_mut("check").expect("check exists");
+        check
+            .clone()
+            .bin_name("baton check")
+            .error(
+                clap::error::ErrorKind::MissingRequiredArgument,
+                "no config file given: --config FILE, or BATON_CONFIG",
+            )
+            .exit()
+    }
     let resolved = config::resolve_with_file(&run, false)?;
     // What `run` would refuse at start, `check` refuses too.
     check_command(&resolved)?;
@@ -280,13 +309,9 @@ fn man(args: ManArgs) -> anyhow::Result<()> {
     );
     match args.dir {
         Some(dir) => std::fs::create_dir_all(&dir)
-            .and_then(|()| clap_mangen::generate_to(command, &dir))
+            .and_then(|()| man::write_all(command, &dir))
             .with_context(|| format!("cannot write the manual pages to {}", dir.display())),
-        None => {
-            let mut page = Vec::new();
-            clap_mangen::Man::new(command).render(&mut page)?;
-            print_bytes(&page)
-        }
+        None => print_bytes(&man::page(&command)?),
     }
 }
 
@@ -305,14 +330,23 @@ fn empty_run_args() -> RunArgs {
     }
 }
 
-/// `baton ctl`: one request, one response.
-fn ctl(args: CtlArgs) -> anyhow::Result<ExitCode> {
-    // The most explicit wins: --control, --name, $BATON_CONTROL, discovery.
-    let path = match (&args.control, &args.name, std::env::var_os("BATON_CONTROL")) {
-        (Some(path), _, _) => path.clone(),
-        (None, Some(name), _) => control::default_path(name),
-        (None, None, Some(path)) if !path.is_empty() => path.into(),
-        _ => control::discover()?,
+/// `baton ctl`: one request, one response. The socket is found by the
+/// rule `run` places it by: a path (`--control`, `BATON_CONTROL`) wins
+/// over a name (`--name`, `BATON_NAME`); with neither, the only baton
+/// running.
+fn ctl(mut args: CtlArgs) -> anyhow::Result<ExitCode> {
+    let flags = (args.control.is_some(), args.name.clone());
+    env::fill_ctl(&mut args, |name| std::env::var_os(name))?;
+    if let ((false, Some(name)), Some(path)) = (&flags, &args.control) {
+        logging::print(&format!(
+            "baton: note: BATON_CONTROL={} chosen over --name {name}: a socket path wins over a name (unset BATON_CONTROL to choose by name)",
+            path.display()
+        ));
+    }
+    let path = match (&args.control, &args.name) {
+        (Some(path), _) => path.clone(),
+        (None, Some(name)) => control::default_path(name),
+        (None, None) => control::discover()?,
     };
     let command = match args.action {
         CtlAction::Status => control::Command::Status,
@@ -325,11 +359,7 @@ fn ctl(args: CtlArgs) -> anyhow::Result<ExitCode> {
     } else {
         stdout(&ctl_output::render(&response));
     }
-    Ok(if response.ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(exit::code(exit::of_response(&response)))
 }
 
 /// Print to stdout; a reader gone away (`| head`) is not a panic.

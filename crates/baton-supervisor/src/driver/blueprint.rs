@@ -65,6 +65,9 @@ pub struct Config {
     pub runtime: RuntimeDir,
     /// What each signal does (which ones are forwarded to workers).
     pub signals: SignalTable,
+    /// `--pid-file`, claimed: published once baton handles its signals (a
+    /// `kill -HUP $(cat FILE)` before would end it), removed with the driver.
+    pub pid_file: Option<crate::pid_file::PidFile>,
 }
 
 impl std::fmt::Debug for Config {

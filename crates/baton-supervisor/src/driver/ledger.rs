@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use crate::control::Response;
+use crate::control::{ErrorCode, Response};
 use crate::machine::{Generation, ReloadId};
 use crate::metrics::Histogram;
 use crate::status::{Counters, HISTORY, Outcome, ReloadRecord, Trigger, unix_now};
@@ -75,7 +75,7 @@ impl ReloadLedger {
         previous: Option<Generation>,
         ready: Duration,
     ) -> Vec<ReloadRecord> {
-        let done = self.finish(ids, |record| {
+        let done = self.finish(ids, ErrorCode::ReloadFailed, |record| {
             record.outcome = Outcome::Ok;
             record.previous = previous;
             record.ready_ms = Some(ready.as_millis() as u64);
@@ -95,7 +95,7 @@ impl ReloadLedger {
     /// before one was started: a config file that does not parse, a
     /// listener that cannot be bound). Counted once per failed attempt.
     pub fn fail(&mut self, ids: &[ReloadId], reason: &str) -> Vec<ReloadRecord> {
-        let done = self.finish(ids, |record| {
+        let done = self.finish(ids, ErrorCode::ReloadFailed, |record| {
             record.outcome = Outcome::Failed;
             record.reason = Some(reason.to_owned());
         });
@@ -109,7 +109,7 @@ impl ReloadLedger {
     /// The reloads `ids` will never run (baton is shutting down); a
     /// refusal is not counted as a failed reload.
     pub fn cancel(&mut self, ids: &[ReloadId], reason: &str) {
-        self.finish(ids, |record| {
+        self.finish(ids, ErrorCode::ShuttingDown, |record| {
             record.outcome = Outcome::Failed;
             record.reason = Some(reason.to_owned());
         });
@@ -136,7 +136,7 @@ impl ReloadLedger {
     pub fn close(&mut self, reason: &str) {
         for (_, waiters) in self.waiters.drain() {
             for waiter in waiters {
-                let _ = waiter.send(Response::error(reason));
+                let _ = waiter.send(Response::error(ErrorCode::ShuttingDown, reason));
             }
         }
     }
@@ -150,9 +150,12 @@ impl ReloadLedger {
         self.history.iter_mut().find(|r| r.id == id)
     }
 
+    /// Update the pending records of `ids` and answer their waiters; a
+    /// failure is answered with `code`.
     fn finish(
         &mut self,
         ids: &[ReloadId],
+        code: ErrorCode,
         update: impl Fn(&mut ReloadRecord),
     ) -> Vec<ReloadRecord> {
         let mut done = Vec::new();
@@ -166,19 +169,22 @@ impl ReloadLedger {
             }
         }
         for record in &done {
-            self.answer(record);
+            self.answer(record, code);
         }
         done
     }
 
-    fn answer(&mut self, record: &ReloadRecord) {
+    fn answer(&mut self, record: &ReloadRecord, code: ErrorCode) {
         for waiter in self.waiters.remove(&record.id).unwrap_or_default() {
             let mut response = match record.outcome {
                 Outcome::Ok => Response::ok(),
-                _ => Response::error(format!(
-                    "reload failed: {}",
-                    record.reason.as_deref().unwrap_or("unknown")
-                )),
+                _ => Response::error(
+                    code,
+                    format!(
+                        "reload failed: {}",
+                        record.reason.as_deref().unwrap_or("unknown")
+                    ),
+                ),
             };
             response.reload = Some(record.clone());
             let _ = waiter.send(response);
@@ -206,6 +212,7 @@ mod tests {
         ledger.fail(&[second], "not ready within 2s");
         let response = rx2.try_recv().unwrap();
         assert!(!response.ok);
+        assert_eq!(response.code, Some(ErrorCode::ReloadFailed));
         assert_eq!(response.reload.unwrap().generation, Some(3));
         assert_eq!(ledger.counters.reloads_ok, 1);
         assert_eq!(ledger.counters.reloads_failed, 1);
@@ -224,7 +231,9 @@ mod tests {
         let (tx, mut rx) = oneshot::channel();
         let id = ledger.request(Trigger::Ctl, Some(tx));
         ledger.cancel(&[id], "baton is shutting down");
-        assert!(!rx.try_recv().unwrap().ok);
+        let response = rx.try_recv().unwrap();
+        assert!(!response.ok);
+        assert_eq!(response.code, Some(ErrorCode::ShuttingDown));
         assert_eq!(ledger.counters.reloads_failed, 0);
     }
 

@@ -34,7 +34,7 @@ mod spec;
 mod tests;
 
 pub use activation::{Inherited, Resolved, inherited_from_env, resolve};
-pub use bind::{BindOptions, bind_all};
+pub use bind::{BindOptions, UDP_RECEIVE_BUFFER, bind_all};
 pub use health::{Fault, Repaired};
 pub use spec::{Address, ListenerSpec, check_names};
 

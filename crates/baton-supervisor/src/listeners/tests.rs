@@ -525,6 +525,28 @@ fn inherited_from_env_takes_the_fds_once() {
     );
 }
 
+/// A UDP socket has no accept queue: its receive buffer is what holds
+/// datagrams while a starting generation competes for the CPU with the
+/// one it replaces. baton gives it room for seconds of traffic.
+#[test]
+fn udp_sockets_get_a_large_receive_buffer() {
+    let spec = parse("dns=udp://127.0.0.1:0").unwrap();
+    let bound = Listener::bind(&spec, BindOptions::default()).unwrap();
+    let size = socket2::SockRef::from(&bound).recv_buffer_size().unwrap();
+    let rmem_max: usize = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    // Root may go past net.core.rmem_max (SO_RCVBUFFORCE); others get
+    // at most that. The kernel reports twice what was set (its overhead).
+    let expected = if nix::unistd::geteuid().is_root() {
+        UDP_RECEIVE_BUFFER
+    } else {
+        UDP_RECEIVE_BUFFER.min(rmem_max)
+    };
+    assert!(size >= expected, "receive buffer {size} < {expected}");
+}
+
 #[test]
 fn udp_sockets_are_bound_and_adopted() {
     let spec = parse("dns=udp://127.0.0.1:0").unwrap();

@@ -15,7 +15,7 @@ use serde::{Deserialize, Deserializer};
 
 /// The keys of the file outside `[env]`, as `deny_unknown_fields` knows
 /// them (a test keeps the two lists equal).
-pub const FILE_KEYS: [&str; 24] = [
+pub const FILE_KEYS: [&str; 25] = [
     "command",
     "workdir",
     "env",
@@ -32,6 +32,7 @@ pub const FILE_KEYS: [&str; 24] = [
     "name",
     "control",
     "control_mode",
+    "pid_file",
     "metrics",
     "watch",
     "ignore",

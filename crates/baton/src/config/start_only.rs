@@ -15,6 +15,7 @@ impl StartOnly {
             ("name", resolved.name.clone()),
             ("control", format!("{:?}", resolved.control)),
             ("control_mode", resolved.control_mode.to_string()),
+            ("pid_file", format!("{:?}", resolved.pid_file)),
             ("metrics", format!("{:?}", resolved.metrics)),
             ("forward_signal", format!("{:?}", resolved.forward_signals)),
             (
