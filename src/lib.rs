@@ -82,7 +82,18 @@ impl Baton {
     }
 
     /// Start a prepared command (its program must be baton).
-    pub fn spawn(mut command: Command) -> Baton {
+    pub fn spawn(command: Command) -> Baton {
+        Baton::launch(command, None)
+    }
+
+    /// Start a prepared command whose stderr the test has set to the
+    /// write end of the pipe `stderr` reads (to know what it is): its lines
+    /// are read from there.
+    pub fn spawn_with_stderr(command: Command, stderr: std::io::PipeReader) -> Baton {
+        Baton::launch(command, Some(stderr))
+    }
+
+    fn launch(mut command: Command, stderr: Option<std::io::PipeReader>) -> Baton {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let token = format!(
             "{}-{}",
@@ -97,12 +108,19 @@ impl Baton {
             .env("BATON_CONTROL", &control)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+            .stdout(Stdio::piped());
+        if stderr.is_none() {
+            command.stderr(Stdio::piped());
+        }
         let mut child = command.spawn().expect("cannot start baton");
+        // The test's copy of the write end would keep the pipe open.
+        drop(command);
         let lines = Arc::new(Lines::default());
         read_lines(child.stdout.take().expect("piped"), lines.clone());
-        read_lines(child.stderr.take().expect("piped"), lines.clone());
+        match stderr {
+            Some(pipe) => read_lines(pipe, lines.clone()),
+            None => read_lines(child.stderr.take().expect("piped"), lines.clone()),
+        }
         Baton {
             child,
             lines,

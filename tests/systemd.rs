@@ -13,7 +13,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use baton_e2e::{
-    Baton, DEADLINE, Traffic, assert_no_failures, eventually, exclusive, http_get,
+    Baton, DEADLINE, Traffic, assert_no_failures, baton_bin, eventually, exclusive, http_get,
     processes_with_token, run_args, runtime, test_worker_bin,
 };
 use baton_loadgen::{Config, FailureKind, Load, Mode, Report};
@@ -694,6 +694,90 @@ fn the_fd_store_keeps_the_socket_across_a_sigkill_of_baton_and_nothing_is_refuse
 
 /// The unit files pass `systemd-analyze verify` with no warning, pointed at
 /// the baton these tests built (`systemd/verify.sh`).
+/// baton with its stderr on a pipe, and `JOURNAL_STREAM` naming that
+/// pipe (as systemd names the unit's stream) or, with `matching` false,
+/// another inode on the same device (a program started from the unit
+/// whose stderr went elsewhere).
+fn baton_on_a_stream(args: &[String], matching: bool) -> Baton {
+    let (reader, writer) = std::io::pipe().unwrap();
+    let stat = nix::sys::stat::fstat(&writer).unwrap();
+    let inode = if matching {
+        stat.st_ino
+    } else {
+        stat.st_ino + 1
+    };
+    let mut command = Command::new(baton_bin());
+    command
+        .args(args)
+        .env("JOURNAL_STREAM", format!("{}:{inode}", stat.st_dev))
+        .stderr(writer);
+    Baton::spawn_with_stderr(command, reader)
+}
+
+/// baton's own lines, not its workers'.
+fn batons_lines(baton: &Baton) -> Vec<String> {
+    baton
+        .output()
+        .lines()
+        .filter(|line| !line.starts_with("test-worker"))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// `2026-12-02T01:31:19.748525Z  INFO …`: the line starts with a time.
+fn starts_with_a_timestamp(line: &str) -> bool {
+    let bytes = line.as_bytes();
+    bytes.len() > 20 && bytes[..4].iter().all(u8::is_ascii_digit) && bytes[10] == b'T'
+}
+
+#[test]
+fn under_the_journal_each_line_starts_with_its_priority_and_has_no_timestamp() {
+    let _one = exclusive();
+    for matching in [true, false] {
+        let mut baton = baton_on_a_stream(&run_args(&["--ready", "notify"], &[]), matching);
+        baton.wait_ready(1);
+        baton.signal(Signal::SIGUSR2);
+        let warning = baton.wait_for(&["signal ignored", "SIGUSR2"]);
+        baton.signal(Signal::SIGTERM);
+        assert!(baton.wait_exit().success(), "{}", baton.output());
+        baton.wait_output_closed();
+        let lines = batons_lines(&baton);
+        assert!(lines.len() >= 5, "{lines:#?}");
+        if matching {
+            assert!(warning.starts_with("<4>WARN signal ignored"), "{warning}");
+            for line in &lines {
+                assert!(
+                    line.starts_with("<6>INFO ") || line.starts_with("<4>WARN "),
+                    "no priority prefix: {line:?}"
+                );
+                assert!(
+                    !line.contains("Z  INFO") && !line.contains("Z  WARN"),
+                    "{line}"
+                );
+            }
+        } else {
+            for line in &lines {
+                assert!(starts_with_a_timestamp(line), "{line:?}");
+            }
+        }
+    }
+    // The error at exit is an error to the journal, JSON lines get the
+    // prefix too (and keep their schema).
+    let mut args = vec!["--log-format".to_owned(), "json".to_owned()];
+    args.extend(run_args(&[], &[]));
+    let worker = args.iter().position(|a| a == "--").unwrap() + 1;
+    args[worker] = "/no/such/worker".to_owned();
+    let mut baton = baton_on_a_stream(&args, true);
+    assert_eq!(baton.wait_exit().code(), Some(1), "{}", baton.output());
+    baton.wait_output_closed();
+    let lines = batons_lines(&baton);
+    let error = lines.last().unwrap();
+    assert!(
+        error.starts_with("<3>baton: error: command '/no/such/worker' not found"),
+        "{lines:#?}"
+    );
+}
+
 #[test]
 fn the_unit_files_pass_systemd_analyze_verify() {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/verify.sh");

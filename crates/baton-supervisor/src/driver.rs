@@ -365,7 +365,7 @@ impl Driver {
             .map_err(|error| format!("cannot create its notify socket: {error}"))?;
         let notify = self
             .notify_dir
-            .listen(generation, self.notes.clone())
+            .listen(generation, self.notes.clone(), self.blueprint.user.as_ref())
             .map_err(|error| format!("cannot create its notify socket: {error}"))?;
         // Whatever is bound anew here goes to this generation.
         self.check_listeners(Moment::BeforeSpawn);
@@ -385,6 +385,7 @@ impl Driver {
             },
             env: self.blueprint.environment(),
             output: None,
+            user: self.blueprint.user.as_ref(),
         };
         let pid = self
             .processes

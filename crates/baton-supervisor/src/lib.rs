@@ -4,6 +4,7 @@
 //!
 //! - [`listeners`]: parse listener specs, bind them or adopt inherited ones.
 //! - [`spawn`]: fork/exec a worker with its sockets at fds 3.. and `LISTEN_PID`.
+//! - [`credentials`]: the user workers run as (`--user`, `--group`), looked up before fork.
 //! - [`machine`]: the reload state machine, pure.
 //! - [`devloop`]: the dev loop's decisions (change, build, reload), pure.
 //! - [`driver`]: runs both machines on tokio and does the I/O they ask for.
@@ -22,6 +23,7 @@
 
 pub mod accept;
 pub mod control;
+pub mod credentials;
 pub mod devloop;
 pub mod driver;
 pub mod fdlimit;

@@ -16,8 +16,11 @@
 //! The sockets live in baton's own [`RuntimeDir`] (mode 0700, never beside
 //! a `--control` path), so only the workers' uid reaches them; and a
 //! message counts only when its credentials show that uid or root. Others
-//! are logged and ignored. If the directory vanishes (a tmp cleaner), it
-//! is made again and the live generations' sockets are bound again.
+//! are logged and ignored. With `--user`, the directory and its base are
+//! 0711 (others may pass through, not list), each socket belongs to the
+//! workers' user (0600), and that uid counts too. If the directory
+//! vanishes (a tmp cleaner), it is made again and the live generations'
+//! sockets are bound again.
 
 use std::collections::BTreeMap;
 use std::io::{self, IoSliceMut};
@@ -30,6 +33,7 @@ use tokio::net::UnixDatagram;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use crate::credentials::Credentials;
 use crate::local_users;
 use crate::machine::Generation;
 use crate::runtime_dir::{RuntimeDir, RuntimeDirError};
@@ -97,12 +101,18 @@ impl ReadinessDir {
     }
 
     /// Bind the notify socket of `generation` and forward every message on
-    /// it to `sink` until the returned receiver is dropped.
+    /// it to `sink` until the returned receiver is dropped; with `user`,
+    /// for workers of that user.
     pub fn listen(
-        &self,
+        &mut self,
         generation: Generation,
         sink: mpsc::UnboundedSender<Notification>,
+        user: Option<&Credentials>,
     ) -> io::Result<ReadinessSocket> {
+        let owner = user.map(|user| (user.uid, user.gid));
+        if owner.is_some() {
+            self.dir.let_others_search().map_err(io::Error::other)?;
+        }
         let dir = self.dir.dir();
         let name = format!("gen-{generation}.sock");
         match dir.remove(&name) {
@@ -110,14 +120,17 @@ impl ReadinessDir {
             _ => {}
         }
         let socket = UnixDatagram::bind(dir.entry(&name))?;
-        // The directory keeps others out already; a future --user worker
-        // would be given its socket and a 0711 directory.
+        // The directory keeps others out already.
         dir.chmod(&name, 0o600)?;
+        if let Some((uid, gid)) = owner {
+            dir.chown(&name, uid, gid)?;
+        }
         socket::setsockopt(&socket, sockopt::PassCred, &true).map_err(io::Error::from)?;
-        let task = tokio::spawn(receive(socket, generation, sink));
+        let task = tokio::spawn(receive(socket, generation, sink, owner.map(|(uid, _)| uid)));
         Ok(ReadinessSocket {
             path: self.path().join(name),
             task,
+            user: user.cloned(),
         })
     }
 
@@ -148,8 +161,8 @@ impl ReadinessDir {
         let generations: Vec<Generation> = live.keys().copied().collect();
         for generation in generations {
             // The old one's drop removes its path: let it go first.
-            live.remove(&generation);
-            match self.listen(generation, sink.clone()) {
+            let user = live.remove(&generation).and_then(|old| old.user.clone());
+            match self.listen(generation, sink.clone(), user.as_ref()) {
                 Ok(fresh) => {
                     live.insert(generation, fresh);
                 }
@@ -168,6 +181,8 @@ impl ReadinessDir {
 pub struct ReadinessSocket {
     path: PathBuf,
     task: JoinHandle<()>,
+    /// The workers' user it was made for, if not baton's.
+    user: Option<Credentials>,
 }
 
 impl ReadinessSocket {
@@ -188,6 +203,7 @@ async fn receive(
     socket: UnixDatagram,
     generation: Generation,
     sink: mpsc::UnboundedSender<Notification>,
+    workers: Option<u32>,
 ) {
     let mut buf = vec![0u8; MAX_MESSAGE];
     loop {
@@ -198,7 +214,7 @@ async fn receive(
             Ok((len, sender)) => {
                 let message = &buf[..len];
                 match sender {
-                    Some((pid, uid)) if local_users::trusted(uid) => {
+                    Some((pid, uid)) if local_users::trusted(uid) || Some(uid) == workers => {
                         if sink.send(parse(generation, Some(pid), message)).is_err() {
                             return;
                         }
@@ -269,10 +285,10 @@ mod tests {
 
     #[tokio::test]
     async fn each_generation_hears_only_its_own_socket() {
-        let (_tmp, dir) = claim();
+        let (_tmp, mut dir) = claim();
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let one = dir.listen(1, tx.clone()).unwrap();
-        let two = dir.listen(2, tx).unwrap();
+        let one = dir.listen(1, tx.clone(), None).unwrap();
+        let two = dir.listen(2, tx, None).unwrap();
         assert!(two.path().starts_with(dir.path()));
         let client = std::os::unix::net::UnixDatagram::unbound().unwrap();
         client.send_to(b"READY=1", two.path()).unwrap();
@@ -292,7 +308,7 @@ mod tests {
         let (_tmp, mut dir) = claim();
         let (tx, mut rx) = mpsc::unbounded_channel();
         let mut live = BTreeMap::new();
-        live.insert(1, dir.listen(1, tx.clone()).unwrap());
+        live.insert(1, dir.listen(1, tx.clone(), None).unwrap());
         let path = live[&1].path().to_owned();
         std::fs::remove_dir_all(dir.path()).unwrap();
         dir.repair(&mut live, &tx).unwrap();
@@ -302,7 +318,7 @@ mod tests {
         let got = rx.recv().await.unwrap();
         assert_eq!((got.generation, got.ready), (1, true));
         // A spawn after the repair works too.
-        dir.listen(2, tx).unwrap();
+        dir.listen(2, tx, None).unwrap();
     }
 
     #[tokio::test]
@@ -312,9 +328,9 @@ mod tests {
             eprintln!("skipped: sending as another uid needs root");
             return;
         }
-        let (_tmp, dir) = claim();
+        let (_tmp, mut dir) = claim();
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let socket = dir.listen(1, tx).unwrap();
+        let socket = dir.listen(1, tx, None).unwrap();
         // Connected here, sent by a process of uid 65534: the kernel
         // attaches the credentials of the sender at send time.
         let client = std::os::unix::net::UnixDatagram::unbound().unwrap();

@@ -280,6 +280,30 @@ impl Dir {
             .map_err(io::Error::from)
     }
 
+    /// Give `name`, which baton just made in this directory, to `uid`
+    /// and `gid` (a `--user` worker's notify socket), without following a
+    /// symlink.
+    pub fn chown(&self, name: &str, uid: u32, gid: u32) -> io::Result<()> {
+        nix::unistd::fchownat(
+            &self.fd,
+            name,
+            Some(nix::unistd::Uid::from_raw(uid)),
+            Some(nix::unistd::Gid::from_raw(gid)),
+            AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .map_err(io::Error::from)
+    }
+
+    /// Let group and others pass through this directory (`x`), not list
+    /// or write it: 0700 becomes 0711.
+    fn let_others_search(&mut self) -> Result<(), RuntimeDirError> {
+        let mode = (self.stat.st_mode & 0o7777) | 0o011;
+        nix::sys::stat::fchmod(&self.fd, Mode::from_bits_truncate(mode))
+            .map_err(|e| RuntimeDirError::io(&self.path, e))?;
+        self.stat.st_mode = (self.stat.st_mode & !0o7777) | mode;
+        Ok(())
+    }
+
     /// Set the mode of `name`, which baton just made in this directory.
     pub fn chmod(&self, name: &str, mode: u32) -> io::Result<()> {
         nix::sys::stat::fchmodat(
@@ -358,6 +382,8 @@ pub struct RuntimeDir {
     name: String,
     dir: Dir,
     _lock: Flock<OwnedFd>,
+    /// Whether others may pass through it and its base (`--user`).
+    searchable: bool,
 }
 
 impl RuntimeDir {
@@ -391,7 +417,22 @@ impl RuntimeDir {
             name,
             dir,
             _lock: lock,
+            searchable: false,
         })
+    }
+
+    /// Let workers of another user (`--user`) reach the sockets inside:
+    /// this directory and its base become 0711 (others pass through but
+    /// cannot list or write), also when the directory is made again.
+    pub fn let_others_search(&mut self) -> Result<(), RuntimeDirError> {
+        if self.searchable {
+            return Ok(());
+        }
+        let mut base = Dir::open(&self.base, Rule::Own, false)?;
+        base.let_others_search()?;
+        self.dir.let_others_search()?;
+        self.searchable = true;
+        Ok(())
     }
 
     /// Its path.
@@ -419,7 +460,11 @@ impl RuntimeDir {
         if self.intact() {
             return Ok(false);
         }
+        let searchable = self.searchable;
         *self = RuntimeDir::make(&self.base, self.name.clone(), false)?;
+        if searchable {
+            self.let_others_search()?;
+        }
         Ok(true)
     }
 }

@@ -10,7 +10,9 @@
 //! `WATCHDOG_PID=` buffers,
 //! high copies of the sockets) is prepared in the parent, and the child does
 //! only async-signal-safe system calls before `execve`. Between fork and exec
-//! there is no allocation, no lock and no Rust standard library I/O.
+//! there is no allocation, no lock and no Rust standard library I/O. With
+//! `--user`, the ids were looked up before fork ([`crate::credentials`]);
+//! the child only calls `setgroups`, `setgid`, `setuid`.
 
 use std::ffi::{CString, OsStr, OsString};
 use std::io;
@@ -128,6 +130,8 @@ pub struct SpawnRequest<'a> {
     pub env: Vec<(OsString, OsString)>,
     /// Where stdout and stderr go instead of baton's own.
     pub output: Option<BorrowedFd<'a>>,
+    /// The user to run as (`--user`), instead of baton's own.
+    pub user: Option<&'a crate::credentials::Credentials>,
 }
 
 /// Find the program the way `execvp` would, but in the parent, so that a
@@ -227,6 +231,8 @@ struct PreparedExec {
     /// baton's pid, to tell whether it died before the child armed
     /// `PR_SET_PDEATHSIG`.
     parent: libc::pid_t,
+    /// The user to become: uid, gid and every group.
+    user: Option<(libc::uid_t, libc::gid_t, Vec<libc::gid_t>)>,
 }
 
 impl PreparedExec {
@@ -325,6 +331,9 @@ impl PreparedExec {
             nofile: crate::fdlimit::for_children(),
             // SAFETY: getpid has no preconditions.
             parent: unsafe { libc::getpid() },
+            user: request
+                .user
+                .map(|user| (user.uid, user.gid, user.groups.clone())),
         })
     }
 
@@ -339,6 +348,15 @@ impl PreparedExec {
             // Its own process group, so baton can signal the whole worker.
             if libc::setpgid(0, 0) != 0 {
                 return (STAGE_SETUP, errno());
+            }
+            // Groups first, while still root; the uid last. Before the
+            // death signal: a change of credentials clears it.
+            if let Some((uid, gid, groups)) = &self.user
+                && (libc::setgroups(groups.len(), groups.as_ptr()) != 0
+                    || libc::setgid(*gid) != 0
+                    || libc::setuid(*uid) != 0)
+            {
+                return (STAGE_USER, errno());
             }
             // If baton dies before its guardian learns this group, the
             // leader at least dies with it (and has no children yet).
@@ -409,11 +427,13 @@ impl PreparedExec {
 const STAGE_SETUP: u8 = 1;
 const STAGE_CHDIR: u8 = 2;
 const STAGE_EXEC: u8 = 3;
+const STAGE_USER: u8 = 4;
 
 fn stage_name(stage: u8) -> &'static str {
     match stage {
         STAGE_CHDIR => "change to the working directory of",
         STAGE_EXEC => "execute",
+        STAGE_USER => "switch to the --user of",
         _ => "set up the process of",
     }
 }

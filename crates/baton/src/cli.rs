@@ -155,6 +155,13 @@ pub struct RunArgs {
     /// for a server that upgrades itself on it. Otherwise baton ignores it.
     #[arg(long, value_name = "SIGNAL", value_delimiter = ',', value_parser = parse_forward_signal)]
     pub forward_signal: Vec<i32>,
+    /// Run the workers and the build step as this user (a name or uid),
+    /// with its groups, HOME, USER and LOGNAME; baton stays root to bind.
+    #[arg(long, value_name = "USER")]
+    pub user: Option<String>,
+    /// The workers' group (a name or gid) [default: the --user's own].
+    #[arg(long, value_name = "GROUP")]
+    pub group: Option<String>,
     /// The worker's command and its arguments: after `--`, or from the
     /// first argument that does not start with `-` (so that a misspelled
     /// option is an error, not the command).

@@ -18,6 +18,7 @@ use std::num::{NonZeroU32, NonZeroUsize};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use baton_supervisor::credentials::{Credentials, CredentialsError};
 use baton_supervisor::driver::{Blueprint, DevSettings};
 use baton_supervisor::fswatch::{DEFAULT_DEBOUNCE, WatchSettings};
 use baton_supervisor::listeners::{self, BindOptions, ListenerSpec};
@@ -86,6 +87,8 @@ pub struct FileConfig {
     min_interval: Option<Duration>,
     #[serde(default, deserialize_with = "forward_signal")]
     forward_signal: Vec<i32>,
+    user: Option<String>,
+    group: Option<String>,
 }
 
 /// The control socket's mode when no flag, variable or file sets it.
@@ -160,6 +163,9 @@ pub enum ConfigError {
     /// A listener is invalid or two share a name.
     #[error("{0}")]
     Listener(#[from] listeners::ListenError),
+    /// The workers' user or group does not resolve.
+    #[error("{0}")]
+    User(#[from] CredentialsError),
 }
 
 /// Read and parse the config file.
@@ -336,6 +342,10 @@ pub fn resolve(
             .map(|(k, v)| (k.into(), v.into()))
             .collect(),
         settings,
+        user: Credentials::lookup(
+            args.user.as_deref().or(file.user.as_deref()),
+            args.group.as_deref().or(file.group.as_deref()),
+        )?,
     };
     let dev = dev_settings(args, &file_dev)?;
     Ok(Resolved {
@@ -450,6 +460,10 @@ pub fn render(resolved: &Resolved) -> String {
         out.push(format!("watchdog = {}", cli::format_duration(interval)));
     }
     out.push(format!("start_limit = {}", s.start_limit));
+    if let Some(user) = &blueprint.user {
+        out.push(format!("user = {}", user.name));
+        out.extend(user.group_name.iter().map(|g| format!("group = {g}")));
+    }
     out.push(format!("name = {}", resolved.name));
     out.push(match &resolved.control {
         Some(path) => format!("control = {}", path.display()),

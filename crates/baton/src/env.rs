@@ -26,7 +26,7 @@ use crate::cli::{self, Cli, CtlArgs, LogFormat, RunArgs};
 
 /// The options of `baton run` (by id) that have a variable, in `baton run
 /// --help` order: every one.
-pub const KEYS: [&str; 24] = [
+pub const KEYS: [&str; 26] = [
     "config",
     "listen",
     "backlog",
@@ -50,6 +50,8 @@ pub const KEYS: [&str; 24] = [
     "build",
     "min_interval",
     "forward_signal",
+    "user",
+    "group",
     "command",
 ];
 
@@ -118,6 +120,8 @@ pub fn fill(args: &mut RunArgs, lookup: impl Fn(&str) -> Option<OsString>) -> Re
         "forward_signal",
         cli::parse_forward_signal,
     )?;
+    vars.fill(&mut args.user, "user", |text| Ok(text.to_owned()))?;
+    vars.fill(&mut args.group, "group", |text| Ok(text.to_owned()))?;
     let mut command = None;
     vars.fill(&mut command, "command", parse_command)?;
     if args.command.is_empty() {
@@ -300,6 +304,8 @@ mod tests {
             ("BATON_BUILD", "make"),
             ("BATON_MIN_INTERVAL", "2s"),
             ("BATON_FORWARD_SIGNAL", "USR2,WINCH"),
+            ("BATON_USER", "www-data"),
+            ("BATON_GROUP", "www-data"),
         ]);
         let asked = RefCell::new(Vec::new());
         let mut args = run_args(&[]);

@@ -19,6 +19,8 @@ use std::time::{Duration, Instant};
 
 use tracing_subscriber::fmt::MakeWriter;
 
+pub mod journal;
+
 /// Lines the queue holds before it drops new ones (some 150 KiB).
 const QUEUE_LINES: usize = 1024;
 
@@ -177,11 +179,19 @@ pub fn stderr() -> (Writer, LogGuard) {
     (writer.clone(), LogGuard(()))
 }
 
-/// Write one line of baton's own (not a log event) to stderr, through
-/// the same queue: an error message at exit must not block or panic.
+/// Whether baton's stderr is systemd's journal stream, looked at once.
+pub fn to_journal() -> bool {
+    static JOURNAL: OnceLock<bool> = OnceLock::new();
+    *JOURNAL.get_or_init(journal::stderr_is_journal)
+}
+
+/// Write baton's error message at exit (not a log event) to stderr,
+/// through the same queue: it must not block or panic. Under the journal
+/// it gets the priority of an error, `<3>`.
 pub fn print(line: &str) {
     let (writer, _guard) = stderr();
-    writer.queue(format!("{line}\n").into_bytes());
+    let prefix = if to_journal() { "<3>" } else { "" };
+    writer.queue(format!("{prefix}{line}\n").into_bytes());
 }
 
 #[cfg(test)]

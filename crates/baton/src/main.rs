@@ -94,20 +94,42 @@ fn log_filter(rust_log: Option<&str>, level: &str) -> Targets {
 }
 
 fn init_logging(format: LogFormat, level: &str) -> logging::LogGuard {
+    use logging::journal::{self, Prefixed};
+    use tracing_subscriber::fmt::format as line;
     let filter = log_filter(std::env::var("RUST_LOG").ok().as_deref(), level);
     let (writer, guard) = logging::stderr();
     let builder = tracing_subscriber::fmt()
         .with_writer(writer)
-        .with_target(false);
-    match format {
-        LogFormat::Text => builder
-            .with_ansi(std::io::stderr().is_terminal())
+        .with_ansi(journal::colour(
+            std::io::stderr().is_terminal(),
+            std::env::var_os("NO_COLOR").as_deref(),
+        ));
+    let text = line().with_target(false);
+    // A JSON line keeps its `timestamp` under the journal too: its schema
+    // does not change with where it goes.
+    let json = line().json().flatten_event(true).with_target(false);
+    match (format, logging::to_journal()) {
+        (LogFormat::Text, false) => builder.event_format(text).finish().with(filter).init(),
+        (LogFormat::Text, true) => builder
+            .event_format(Prefixed {
+                inner: text.without_time().with_level(false),
+                level: true,
+            })
             .finish()
             .with(filter)
             .init(),
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
+        (LogFormat::Json, false) => builder
+            .fmt_fields(line::JsonFields::new())
+            .event_format(json)
+            .finish()
+            .with(filter)
+            .init(),
+        (LogFormat::Json, true) => builder
+            .fmt_fields(line::JsonFields::new())
+            .event_format(Prefixed {
+                inner: json,
+                level: false,
+            })
             .finish()
             .with(filter)
             .init(),
@@ -136,6 +158,10 @@ fn run(mut args: RunArgs) -> anyhow::Result<()> {
         Err(error) => return Err(error.into()),
     };
     let mut resolved = resolved;
+    if let Some(user) = &resolved.blueprint.user {
+        user.require_root()?;
+        tracing::info!(user = %user.name, uid = user.uid, gid = user.gid, groups = ?user.groups, "workers run as");
+    }
     let command = &resolved.blueprint.command;
     let program = resolve_program(&command.program, command.cwd.as_deref());
     if let Some(dev) = &mut resolved.dev {
@@ -216,6 +242,9 @@ fn run(mut args: RunArgs) -> anyhow::Result<()> {
         std::sync::Arc::new(move || {
             let resolved =
                 config::resolve_with_file(&args, activated).map_err(|e| e.to_string())?;
+            if let Some(user) = &resolved.blueprint.user {
+                user.require_root().map_err(|e| e.to_string())?;
+            }
             for key in at_start.changed(&resolved) {
                 tracing::warn!(
                     key = %key,

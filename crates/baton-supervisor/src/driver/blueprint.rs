@@ -4,6 +4,7 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 
+use crate::credentials::Credentials;
 use crate::devloop::DevSettings;
 use crate::listeners::{BindOptions, Listener, ListenerSpec};
 use crate::machine::Settings;
@@ -26,15 +27,25 @@ pub struct Blueprint {
     pub env: Vec<(OsString, OsString)>,
     /// Timings and readiness.
     pub settings: Settings,
+    /// The user workers and builds run as (`--user`), if not baton's.
+    pub user: Option<Credentials>,
 }
 
 impl Blueprint {
-    /// baton's own environment with the blueprint's variables on top.
+    /// baton's own environment, then the user's `HOME`, `USER` and
+    /// `LOGNAME` (with `--user`), then the blueprint's variables on top.
     pub(super) fn environment(&self) -> Vec<(OsString, OsString)> {
-        let mut env: Vec<(OsString, OsString)> = std::env::vars_os()
+        let mut set: Vec<(OsString, OsString)> = self
+            .user
+            .iter()
+            .flat_map(Credentials::environment)
             .filter(|(key, _)| !self.env.iter().any(|(k, _)| k == key))
             .collect();
-        env.extend(self.env.iter().cloned());
+        set.extend(self.env.iter().cloned());
+        let mut env: Vec<(OsString, OsString)> = std::env::vars_os()
+            .filter(|(key, _)| !set.iter().any(|(k, _)| k == key))
+            .collect();
+        env.extend(set);
         env
     }
 }

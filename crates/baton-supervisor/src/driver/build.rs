@@ -26,6 +26,7 @@ pub(super) fn start(
         role: Role::Helper,
         env: blueprint.environment(),
         output: Some(write.as_fd()),
+        user: blueprint.user.as_ref(),
     };
     let pid = processes.spawn_build(&request).map_err(io::Error::other)?;
     drop(write);

@@ -156,3 +156,18 @@ fn entries_are_reached_through_the_checked_directory() {
     dir.remove("x.sock").unwrap();
     assert_eq!(dir.kind("x.sock").unwrap(), None);
 }
+
+#[test]
+fn for_another_users_workers_both_directories_become_0711_and_stay_so() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path().join("baton");
+    let mut dir = RuntimeDir::claim(&base, "app").unwrap();
+    assert_eq!((mode(&base), mode(dir.path())), (0o700, 0o700));
+    dir.let_others_search().unwrap();
+    assert_eq!((mode(&base), mode(dir.path())), (0o711, 0o711));
+    // Still baton's own: searchable is not writable.
+    Dir::open(dir.path(), Rule::Own, false).unwrap();
+    std::fs::remove_dir_all(&base).unwrap();
+    assert!(dir.repair().unwrap());
+    assert_eq!((mode(&base), mode(dir.path())), (0o711, 0o711));
+}

@@ -15,7 +15,7 @@ use serde::{Deserialize, Deserializer};
 
 /// The keys of the file outside `[env]`, as `deny_unknown_fields` knows
 /// them (a test keeps the two lists equal).
-pub const FILE_KEYS: [&str; 25] = [
+pub const FILE_KEYS: [&str; 27] = [
     "command",
     "workdir",
     "env",
@@ -41,6 +41,8 @@ pub const FILE_KEYS: [&str; 25] = [
     "build",
     "min_interval",
     "forward_signal",
+    "user",
+    "group",
 ];
 
 /// Why an `[env]` name cannot be used, if it cannot.
