@@ -1,5 +1,6 @@
 //! The binaries under test: `baton`, `test-worker` and `listenfd-server`,
-//! from the workspace's own target directory.
+//! from the workspace's own target directory; and, on demand, an example
+//! of the root package (a recipe written in Rust, `examples/*.rs`).
 //!
 //! A test, bench or example asks cargo for the binaries once per process,
 //! with the profile and in the target directory it was itself built with
@@ -68,6 +69,36 @@ fn layout(exe: &Path) -> Layout {
 
 /// Build (or find up to date) the binaries; panics if cargo fails.
 pub(crate) fn build() -> Binaries {
+    let mut command = cargo_build();
+    command.args(["-p", "baton-e2e"]);
+    for package in BINARIES {
+        command.args(["-p", package]);
+    }
+    let built = executables(command);
+    Binaries(BINARIES.map(|name| {
+        built
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, path)| path.clone())
+            .unwrap_or_else(|| panic!("cargo named no `{name}` executable"))
+    }))
+}
+
+/// Build (or find up to date) an example of the root package (`examples/NAME.rs`,
+/// such as a recipe the tests run); panics if cargo fails.
+pub(crate) fn build_example(name: &str) -> PathBuf {
+    let mut command = cargo_build();
+    command.args(["-p", "baton-e2e", "--example", name]);
+    executables(command)
+        .into_iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, path)| path)
+        .unwrap_or_else(|| panic!("cargo named no `{name}` example"))
+}
+
+/// `cargo build` with the profile, target directory and target of the
+/// running executable, asked to name what it built.
+fn cargo_build() -> Command {
     let exe = std::env::current_exe().expect("the path of this executable");
     let layout = layout(&exe);
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| OsString::from("cargo"));
@@ -78,46 +109,39 @@ pub(crate) fn build() -> Binaries {
         .arg("--manifest-path")
         .arg(&manifest)
         .args(["--message-format=json-render-diagnostics", "--profile"])
-        .arg(&layout.profile)
-        .args(["-p", "baton-e2e"]);
-    for package in BINARIES {
-        command.args(["-p", package]);
-    }
+        .arg(&layout.profile);
     if let Some(dir) = &layout.target_dir {
         command.arg("--target-dir").arg(dir);
     }
     if let Some(triple) = &layout.triple {
         command.arg("--target").arg(triple);
     }
+    command
+}
+
+/// Run a `cargo build` and return each executable it names, by target name.
+fn executables(mut command: Command) -> Vec<(String, PathBuf)> {
     command.stdout(Stdio::piped()).stderr(Stdio::inherit());
     let mut child = command
         .spawn()
         .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
     let stdout = child.stdout.take().expect("piped");
-    let mut found: [Option<PathBuf>; BINARIES.len()] = Default::default();
+    let mut found = Vec::new();
     for line in std::io::BufReader::new(stdout).lines() {
         let line = line.expect("cargo's output");
         let Ok(message) = serde_json::from_str::<serde_json::Value>(&line) else {
             continue;
         };
-        let (Some(executable), Some(name)) = (
+        if let (Some(executable), Some(name)) = (
             message["executable"].as_str(),
             message["target"]["name"].as_str(),
-        ) else {
-            continue;
-        };
-        if let Some(index) = BINARIES.iter().position(|&bin| bin == name) {
-            found[index] = Some(PathBuf::from(executable));
+        ) {
+            found.push((name.to_owned(), PathBuf::from(executable)));
         }
     }
     let status = child.wait().expect("wait for cargo");
     assert!(status.success(), "{command:?} failed: {status}");
-    let mut index = 0;
-    Binaries(found.map(|path| {
-        let name = BINARIES[index];
-        index += 1;
-        path.unwrap_or_else(|| panic!("{command:?} named no `{name}` executable"))
-    }))
+    found
 }
 
 #[cfg(test)]

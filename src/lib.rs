@@ -25,6 +25,7 @@ pub const DEADLINE: Duration = Duration::from_secs(60);
 pub const TOKEN_VAR: &str = "BATON_E2E_TOKEN";
 
 mod build;
+pub mod recipes;
 
 /// The `baton` binary, built (or found up to date) once per test process.
 pub fn baton_bin() -> &'static Path {

@@ -2,20 +2,21 @@
 //! auto` (readiness seen in the kernel) with Go, Python and gunicorn;
 //! workers written for Server::Starter, einhorn, nginx's binary upgrade
 //! and the `listenfd` crate; a UDP echo server; servers that bind their
-//! own port, under `--preload`. The runtimes come from Debian packages
-//! that `.ci/run` installs (golang-go, nginx, gunicorn, nodejs,
+//! own port, under `--preload`; the lame-duck recipes of `examples/` under
+//! keep-alive load. The runtimes come from Debian packages that `.ci/run`
+//! installs (golang-go, nodejs, nginx, gunicorn, python3-uvicorn,
 //! libserver-starter-perl; python3 and perl are there already).
 
 mod auto;
 mod preload;
+mod recipes;
 mod udp;
 mod unchanged;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::OnceLock;
 
-use baton_e2e::{Baton, Traffic, assert_no_failures, baton_bin, field};
+use baton_e2e::recipes::{go_build, python, require};
+use baton_e2e::{Baton, Traffic, assert_no_failures, field};
 use baton_loadgen::Mode;
 use nix::sys::signal::Signal;
 
@@ -30,55 +31,10 @@ fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// A program a test needs, or a panic that says where it comes from.
-fn require(program: &str) -> PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(program))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| panic!("{program} is not installed: .ci/run installs it"))
-}
-
-/// Debian's python3 (gunicorn's), whatever else `python3` in PATH is.
-fn python() -> &'static str {
-    if Path::new("/usr/bin/python3").is_file() {
-        "/usr/bin/python3"
-    } else {
-        "python3"
-    }
-}
-
-/// Where built fixtures go: beside the baton binary, in the target dir.
-fn build_dir() -> PathBuf {
-    let dir = baton_bin()
-        .parent()
-        .expect("a directory")
-        .join("any-server");
-    std::fs::create_dir_all(&dir).expect("create the fixture build dir");
-    dir
-}
-
 /// The Go server of `fixtures/listen_fds.go`, built once per test run
 /// (Go's build cache lives in the target dir, so later runs are quick).
-fn go_server() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let go = require("go");
-        let dir = build_dir();
-        let out = dir.join("listen-fds-go");
-        let status = Command::new(go)
-            .arg("build")
-            .arg("-o")
-            .arg(&out)
-            .arg(fixture("listen_fds.go"))
-            .env("GOCACHE", dir.join("go-cache"))
-            .env("GOPATH", dir.join("go-path"))
-            .env("GO111MODULE", "off")
-            .status()
-            .expect("run go build");
-        assert!(status.success(), "go build failed");
-        out
-    })
+fn go_server() -> PathBuf {
+    go_build(&fixture("listen_fds.go"), "listen-fds-go")
 }
 
 /// The `listenfd-server` crate's binary, built once per test run.

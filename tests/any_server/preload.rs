@@ -12,8 +12,8 @@ use baton_e2e::{Baton, Traffic, exclusive};
 use baton_loadgen::{FailureKind, Mode};
 use nix::sys::signal::Signal;
 
-use super::unchanged::{free_port, nginx_conf, require_sbin};
 use super::*;
+use baton_e2e::recipes::{free_port, nginx_conf, require_sbin};
 
 /// Reloads per server. Issue 16 asks for 20 each (`PRELOAD_RELOADS=20`
 /// runs that); beside `stress-ng --cpu 2`, 20 reloads of node, Python or

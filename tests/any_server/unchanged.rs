@@ -4,6 +4,7 @@
 //! new-connection load with `--ready auto` (none of them says READY=1),
 //! and no request may fail.
 
+use baton_e2e::recipes::{free_port, nginx_conf, require_sbin};
 use baton_e2e::{Baton, exclusive};
 
 use super::*;
@@ -82,46 +83,4 @@ fn a_listenfd_server_runs_unchanged() {
         &format!("serving on 127.0.0.1:{port}"),
     ]);
     reloads_under_load(baton, "listenfd server (epoll)");
-}
-
-/// nginx lives in /usr/sbin, which a test's PATH may lack.
-pub(super) fn require_sbin(program: &str) -> PathBuf {
-    let sbin = Path::new("/usr/sbin").join(program);
-    if sbin.is_file() {
-        sbin
-    } else {
-        require(program)
-    }
-}
-
-/// A port free right now (nginx's config must name the port baton binds).
-pub(super) fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
-
-pub(super) fn nginx_conf(dir: &Path, port: u16) -> String {
-    let d = dir.display();
-    format!(
-        "daemon off;\n\
-         master_process on;\n\
-         worker_processes 1;\n\
-         pid {d}/nginx.pid;\n\
-         error_log stderr notice;\n\
-         events {{ worker_connections 1024; }}\n\
-         http {{\n\
-           access_log off;\n\
-           client_body_temp_path {d}/body;\n\
-           proxy_temp_path {d}/proxy;\n\
-           fastcgi_temp_path {d}/fastcgi;\n\
-           uwsgi_temp_path {d}/uwsgi;\n\
-           scgi_temp_path {d}/scgi;\n\
-           server {{\n\
-             listen 127.0.0.1:{port};\n\
-             location / {{ add_header X-Pid $pid always; return 200 \"ok\\n\"; }}\n\
-           }}\n\
-         }}\n"
-    )
 }
