@@ -12,6 +12,12 @@ fn main() {
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
     let target = std::env::var("TARGET").expect("cargo sets TARGET");
+    // A static (musl) baton still runs glibc workers on a glibc system:
+    // the library goes into the workers, so it is built for them.
+    let target = match target.strip_suffix("-musl") {
+        Some(arch) => format!("{arch}-gnu"),
+        None => target,
+    };
     let library = out.join("libbaton_preload.so");
     let mut command = Command::new(rustc);
     command

@@ -8,7 +8,6 @@
 use std::io;
 use std::mem::size_of;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::time::Duration;
 
 /// `SOCK_DIAG_BY_FAMILY` (linux/sock_diag.h).
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
@@ -54,7 +53,7 @@ pub(super) fn unix_diag(inode: u64) -> io::Result<UnixDiag> {
     let socket = unsafe { OwnedFd::from_raw_fd(fd) };
     // The kernel answers at once; never let a surprise block the loop.
     let timeout = libc::timeval {
-        tv_sec: Duration::from_secs(1).as_secs() as libc::time_t,
+        tv_sec: 1,
         tv_usec: 0,
     };
     // SAFETY: SO_RCVTIMEO takes a timeval, passed with its size.
