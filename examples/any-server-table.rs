@@ -5,6 +5,7 @@
 //! ```sh
 //! cargo run --release --example any-server-table            # 10 reloads per row and load
 //! cargo run --release --example any-server-table -- 20      # 20
+//! cargo run --release --example any-server-table -- 10 node # rows whose name has "node"
 //! ```
 //!
 //! It needs the runtimes `.ci/run` installs (Go, node, nginx, gunicorn,
@@ -42,8 +43,9 @@ const CLIENTS: usize = 8;
 fn main() {
     let reloads: u64 = std::env::args()
         .nth(1)
-        .map(|s| s.parse().expect("usage: any-server-table [RELOADS]"))
+        .map(|s| s.parse().expect("usage: any-server-table [RELOADS [NAME]]"))
         .unwrap_or(10);
+    let only = std::env::args().nth(2).unwrap_or_default();
     eprintln!("building baton and the servers …");
     let baton = baton_bin();
     let preload = help_mentions(baton, "--preload");
@@ -62,6 +64,9 @@ fn main() {
                 }
             }
         };
+        if !name.contains(only.as_str()) {
+            continue;
+        }
         if needs_preload && !preload {
             notes.push(format!("{name}: not run, this baton has no `--preload`"));
             continue;
