@@ -535,3 +535,33 @@ pub fn run_args(baton_flags: &[&str], worker_flags: &[&str]) -> Vec<String> {
     args.extend(worker_flags.iter().map(|s| s.to_string()));
     args
 }
+
+/// `bin`, or a copy every user may run when it sits in a private
+/// directory (a target dir under /root): for tests that run baton or a
+/// worker as another user.
+pub fn runnable_by_all(bin: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let searchable = bin.ancestors().all(|p| {
+        p.as_os_str().is_empty()
+            || std::fs::metadata(p).is_ok_and(|m| m.permissions().mode() & 0o001 != 0)
+    });
+    if searchable {
+        return bin.to_owned();
+    }
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    let dir = DIR.get_or_init(|| {
+        let dir = tempfile::Builder::new()
+            .prefix("baton-e2e-bin")
+            .tempdir_in("/tmp")
+            .expect("a directory for the copies")
+            .keep();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))
+            .expect("make it searchable");
+        dir
+    });
+    let copy = dir.join(bin.file_name().expect("a file name"));
+    if !copy.exists() {
+        std::fs::copy(bin, &copy).expect("copy the binary");
+    }
+    copy
+}

@@ -7,13 +7,13 @@
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-use std::sync::{Mutex, OnceLock};
+use std::sync::Mutex;
 
 use baton_e2e::{
     Baton, Traffic, assert_no_failures, baton_bin, environment_of, exclusive,
-    output_within_deadline, test_worker_bin,
+    output_within_deadline, runnable_by_all, test_worker_bin,
 };
 use baton_loadgen::Mode;
 use nix::sys::signal::Signal;
@@ -63,32 +63,6 @@ fn gid(group: &str) -> u32 {
         .unwrap_or_else(|| panic!("no group {group}"))
         .gid
         .as_raw()
-}
-
-/// `bin`, or a copy every user may run when it sits in a private directory.
-fn runnable_by_all(bin: &Path) -> PathBuf {
-    let searchable = bin.ancestors().all(|p| {
-        p.as_os_str().is_empty()
-            || std::fs::metadata(p).is_ok_and(|m| m.permissions().mode() & 0o001 != 0)
-    });
-    if searchable {
-        return bin.to_owned();
-    }
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    let dir = DIR.get_or_init(|| {
-        let dir = tempfile::Builder::new()
-            .prefix("baton-e2e-bin")
-            .tempdir_in("/tmp")
-            .unwrap()
-            .keep();
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-        dir
-    });
-    let copy = dir.join(bin.file_name().unwrap());
-    if !copy.exists() {
-        std::fs::copy(bin, &copy).unwrap();
-    }
-    copy
 }
 
 /// `Uid:`, `Gid:` and `Groups:` of a process, from `/proc/PID/status`.

@@ -13,11 +13,11 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use baton_e2e::{
     Baton, Traffic, alive, assert_no_failures, baton_bin, environment_of, eventually, exclusive,
-    output_within_deadline, pid_in, run_args, test_worker_bin,
+    output_within_deadline, pid_in, run_args, runnable_by_all, test_worker_bin,
 };
 use baton_loadgen::Mode;
 use nix::sys::signal::Signal;
@@ -66,37 +66,6 @@ fn can_switch_users() -> bool {
         return false;
     }
     true
-}
-
-/// Whether every directory above `path`, and the file, may be searched or
-/// run by others.
-fn executable_by_others(path: &Path) -> bool {
-    path.ancestors().all(|p| {
-        p.as_os_str().is_empty()
-            || std::fs::metadata(p).is_ok_and(|m| m.permissions().mode() & 0o001 != 0)
-    })
-}
-
-/// `bin`, or a copy every user may run when it sits in a private directory.
-fn runnable_by_all(bin: &Path) -> PathBuf {
-    if executable_by_others(bin) {
-        return bin.to_owned();
-    }
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    let dir = DIR.get_or_init(|| {
-        let dir = tempfile::Builder::new()
-            .prefix("baton-e2e-bin")
-            .tempdir_in("/tmp")
-            .unwrap()
-            .keep();
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-        dir
-    });
-    let copy = dir.join(bin.file_name().unwrap());
-    if !copy.exists() {
-        std::fs::copy(bin, &copy).unwrap();
-    }
-    copy
 }
 
 /// `program` run as `user` with no supplementary groups, and without the
