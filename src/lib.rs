@@ -565,3 +565,12 @@ pub fn runnable_by_all(bin: &Path) -> PathBuf {
     }
     copy
 }
+
+/// A loopback port free right now: bound, read, released (for a server
+/// or tool whose configuration must name its port; it takes no port 0).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}

@@ -10,6 +10,7 @@
 //! libserver-starter-perl).
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Mutex, OnceLock};
@@ -17,7 +18,7 @@ use std::sync::{Mutex, OnceLock};
 use baton_loadgen::{Mode, Report};
 use nix::sys::signal::Signal;
 
-use crate::{Baton, Traffic, baton_bin, field};
+use crate::{Baton, Traffic, baton_bin, field, free_port};
 
 /// One server under baton.
 pub struct Server {
@@ -339,9 +340,23 @@ impl Run {
 /// reload) and the load got 30 more answers. Stops baton (which must exit
 /// 0); asserts nothing about the load.
 pub fn reloads_under_load(server: &Server, mode: Mode, clients: usize, reloads: u64) -> Run {
-    let mut baton = server.start();
+    let baton = server.start();
+    let addr = baton.address("http");
+    reloads_with_traffic(baton, addr, mode, clients, reloads)
+}
+
+/// [`reloads_under_load`] of a baton already started, with the load on
+/// `addr` (where the server is reached, when that is not baton's `http`
+/// address as it prints it).
+pub fn reloads_with_traffic(
+    mut baton: Baton,
+    addr: SocketAddr,
+    mode: Mode,
+    clients: usize,
+    reloads: u64,
+) -> Run {
     baton.wait_ready(1);
-    let traffic = Traffic::start(baton.address("http"), mode, clients);
+    let traffic = Traffic::start(addr, mode, clients);
     for generation in 2..=reloads + 1 {
         traffic.serve(30);
         baton.signal(Signal::SIGHUP);
@@ -428,14 +443,6 @@ pub fn go_build(source: &Path, name: &str) -> PathBuf {
     assert!(status.success(), "go build {} failed", source.display());
     built.insert(name.to_owned(), out.clone());
     out
-}
-
-/// A port free right now (for a server whose config must name it).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
 }
 
 /// nginx's config: `daemon off`, a master and one worker, `listen

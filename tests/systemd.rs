@@ -13,8 +13,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use baton_e2e::{
-    Baton, DEADLINE, Traffic, assert_no_failures, baton_bin, eventually, exclusive, http_get,
-    processes_with_token, run_args, runtime, test_worker_bin,
+    Baton, DEADLINE, Traffic, assert_no_failures, baton_bin, eventually, exclusive, free_port,
+    http_get, processes_with_token, run_args, runtime, test_worker_bin,
 };
 use baton_loadgen::{Config, FailureKind, Load, Mode, Report};
 use nix::sys::signal::Signal;
@@ -376,16 +376,6 @@ fn watchdog_pings_come_every_half_interval_even_in_a_crash_loop() {
 /// says in `STATUS=` that no worker serves and when it restarts.
 fn is_ping_or_backoff(text: &str) -> bool {
     text == "WATCHDOG=1" || text.starts_with("STATUS=no worker serving: restart in ")
-}
-
-/// A free loopback port: bound, read, released. `systemd-socket-activate`
-/// takes no port 0.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Debian's tool (package `systemd`) that binds, waits for the first

@@ -8,12 +8,14 @@
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use baton_e2e::{Baton, Traffic, exclusive};
+use baton_e2e::{Baton, exclusive};
 use baton_loadgen::{FailureKind, Mode};
 use nix::sys::signal::Signal;
 
+use baton_e2e::free_port;
+use baton_e2e::recipes::{nginx_conf, reloads_with_traffic, require_sbin};
+
 use super::*;
-use baton_e2e::recipes::{free_port, nginx_conf, require_sbin};
 
 /// Reloads per server. Issue 16 asks for 20 each (`PRELOAD_RELOADS=20`
 /// runs that); beside `stress-ng --cpu 2`, 20 reloads of node, Python or
@@ -40,7 +42,7 @@ fn preload_args(listen: &str, flags: &[&str], command: &[&str]) -> Vec<String> {
 /// must have answered. `drains`: the server finishes what it accepted
 /// when it is stopped (else only refused connections count as failures).
 fn reloads_under_load_at(
-    mut baton: Baton,
+    baton: Baton,
     addr: SocketAddr,
     name: &str,
     reloads: u64,
@@ -48,20 +50,10 @@ fn reloads_under_load_at(
     drains: bool,
 ) {
     let started = Instant::now();
-    baton.wait_ready(1);
-    let traffic = Traffic::start(addr, Mode::NewConnection, 8);
-    for generation in 2..=reloads + 1 {
-        traffic.serve(30);
-        baton.signal(Signal::SIGHUP);
-        baton.wait_ready(generation);
-        // The socket the old one had is the new one's: who answers now
-        // is the new generation.
-        baton.wait_for(&["exited", &format!(" generation={} ", generation - 1)]);
-    }
-    traffic.serve(30);
-    let report = traffic.finish();
-    baton.signal(Signal::SIGTERM);
-    assert!(baton.wait_exit().success(), "{}", baton.output());
+    // Each reload waits for the old generation's exit: the socket the old
+    // one had is the new one's, so who answers next is the new generation.
+    let run = reloads_with_traffic(baton, addr, Mode::NewConnection, 8, reloads);
+    let report = run.report;
     if drains {
         assert_no_failures(&report);
     } else {
@@ -85,7 +77,7 @@ fn reloads_under_load_at(
             report.summary()
         );
     }
-    let times: Vec<u64> = (1..=reloads + 1).map(|g| ready_ms(&baton, g)).collect();
+    let times = run.ready_ms;
     eprintln!(
         "{name} (--preload): {reloads} reloads, {}; time to ready: {}; test took {:.1} s",
         report.summary(),

@@ -4,7 +4,8 @@
 //! new-connection load with `--ready auto` (none of them says READY=1),
 //! and no request may fail.
 
-use baton_e2e::recipes::{free_port, nginx_conf, require_sbin};
+use baton_e2e::free_port;
+use baton_e2e::recipes::{nginx_conf, require_sbin};
 use baton_e2e::{Baton, exclusive};
 
 use super::*;

@@ -15,7 +15,9 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use baton_e2e::{Baton, Traffic, alive, assert_no_failures, exclusive, http_get, test_worker_bin};
+use baton_e2e::{
+    Baton, Traffic, alive, assert_no_failures, exclusive, free_port, http_get, test_worker_bin,
+};
 use baton_loadgen::{FailureKind, Mode, Report, Target};
 use nix::sys::signal::Signal;
 
@@ -30,12 +32,6 @@ fn args(listen: &str, baton_flags: &[&str], worker: &[&str]) -> Vec<String> {
     args.push(test_worker_bin().display().to_string());
     args.extend(worker.iter().map(|s| s.to_string()));
     args
-}
-
-/// A loopback port free right now.
-fn free_port() -> u16 {
-    let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    probe.local_addr().expect("address").port()
 }
 
 fn status(baton: &Baton) -> serde_json::Value {
