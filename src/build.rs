@@ -205,6 +205,43 @@ mod tests {
         assert_eq!(only_binaries, Vec::<&String>::new());
     }
 
+    /// The release profile builds some test-only crates unoptimized
+    /// (`[profile.release.package.*]` in Cargo.toml) to shorten the demo's
+    /// build. That is only honest while no binary runs them: the benches
+    /// and the demo measure the release build of these.
+    #[test]
+    fn what_the_release_profile_leaves_unoptimized_no_binary_runs() {
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
+        let text = std::fs::read_to_string(manifest).expect("Cargo.toml");
+        let manifest: toml::Table = toml::from_str(&text).expect("Cargo.toml is TOML");
+        let overridden: Vec<&String> = manifest["profile"]["release"]
+            .get("package")
+            .and_then(toml::Value::as_table)
+            .map(|packages| packages.keys().collect())
+            .unwrap_or_default();
+        let mut args = vec!["-e", "normal,build", "-p", "baton-loadgen"];
+        for package in BINARIES {
+            args.extend(["-p", package]);
+        }
+        let run = features(&args);
+        let run: BTreeSet<&str> = run
+            .iter()
+            .filter_map(|line| line.split(' ').next())
+            .collect();
+        let root = features(&["-e", "normal,build", "-p", "baton-e2e"]);
+        for name in overridden {
+            assert!(
+                !run.contains(name.as_str()),
+                "`{name}` is built unoptimized in release but a binary depends on it"
+            );
+            assert!(
+                root.iter()
+                    .any(|line| line.starts_with(&format!("{name} v"))),
+                "`{name}` has a release override but is not in the graph"
+            );
+        }
+    }
+
     #[test]
     fn the_layout_follows_the_executable() {
         let target = tempfile::tempdir().unwrap();
