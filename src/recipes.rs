@@ -325,6 +325,8 @@ pub struct Run {
     pub report: Report,
     /// Spawn to ready (baton's `ready_ms`), of every generation.
     pub ready_ms: Vec<u64>,
+    /// What baton printed.
+    pub output: String,
 }
 
 impl Run {
@@ -379,6 +381,7 @@ pub fn reloads_with_traffic(
         reloads,
         report,
         ready_ms,
+        output: baton.output(),
     }
 }
 
