@@ -101,6 +101,7 @@ unsafe extern "C" {
     fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int;
     fn socket(domain: c_int, kind: c_int, protocol: c_int) -> c_int;
     fn close(fd: c_int) -> c_int;
+    fn sched_yield() -> c_int;
 }
 
 /// Not looked at yet, no page (nothing to do), armed (the flag may rise),
@@ -184,6 +185,12 @@ fn flag_raised() -> bool {
 
 /// Stop taking connections if baton asked for it; true once stopped.
 pub fn stop_if_asked() -> bool {
+    // Another thread is taking the sockets back: wait for it, so that no
+    // thread goes on to wait (or accept) on a socket about to be swapped.
+    while STATE.load(Ordering::Acquire) == BUSY {
+        // SAFETY: no arguments.
+        unsafe { sched_yield() };
+    }
     if !armed() || !flag_raised() {
         return STATE.load(Ordering::Acquire) == STOPPED;
     }

@@ -80,7 +80,7 @@ impl Lookouts {
         generation: Generation,
         listeners: &[Listener],
     ) -> Option<PathBuf> {
-        let inodes: Vec<u64> = handed(listeners).inodes().collect();
+        let inodes: Vec<u64> = handed_streams(listeners).inodes().collect();
         match DrainPage::create(dir, generation, &inodes) {
             Ok(page) => {
                 let path = page.path().to_owned();
@@ -109,7 +109,7 @@ impl Lookouts {
             generation,
             group,
             page,
-            handed(listeners),
+            handed_streams(listeners),
             accepted,
             self.quiet.clone(),
         ) {
@@ -132,12 +132,18 @@ impl Lookouts {
     }
 }
 
-fn handed(listeners: &[Listener]) -> HandedSockets {
+fn handed<'a>(listeners: impl IntoIterator<Item = &'a Listener>) -> HandedSockets {
     HandedSockets::new(
         listeners
-            .iter()
+            .into_iter()
             .map(|l| (l.name(), l.local_address(), l.as_fd())),
     )
+}
+
+/// The stream sockets among them: a datagram socket has no connections
+/// to drain, and its server keeps it (the library leaves it alone).
+fn handed_streams(listeners: &[Listener]) -> HandedSockets {
+    handed(listeners.iter().filter(|l| l.stream_address().is_some()))
 }
 
 /// The addresses connections are accepted on.
