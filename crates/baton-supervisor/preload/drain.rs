@@ -235,28 +235,36 @@ fn stop_taking_connections() {
         event: EpollEvent { events: 0, data: 0 },
     }; MAX_SWAPS];
     let mut n_registrations = 0;
+    // Listed first, changed after: the set is not changed while the
+    // kernel lists it.
     for &epoll in epolls.iter().take(n_epolls) {
         for_each_registration(epoll, |fd, events, data, inode| {
-            let Some(slot) = registrations.get_mut(n_registrations) else {
-                return;
-            };
-            if drain_page::names(page(), inode) {
-                let mut event = EpollEvent { events, data };
-                // SAFETY: removes a registration; `fd` still refers to
-                // the handed socket, which is how epoll finds it.
-                if unsafe { epoll_ctl(epoll, EPOLL_CTL_DEL, fd, &raw mut event) } == 0 {
-                    *slot = Registration { epoll, fd, event };
-                    n_registrations += 1;
-                }
+            if let Some(slot) = registrations.get_mut(n_registrations)
+                && drain_page::names(page(), inode)
+            {
+                let event = EpollEvent { events, data };
+                *slot = Registration { epoll, fd, event };
+                n_registrations += 1;
             }
         });
+    }
+    for r in registrations.iter_mut().take(n_registrations) {
+        // SAFETY: removes a registration; `fd` still refers to the handed
+        // socket, which is how epoll finds it. One that cannot be removed
+        // (the descriptor was closed: epoll keeps it while the socket
+        // lives) is not added again.
+        if unsafe { epoll_ctl(r.epoll, EPOLL_CTL_DEL, r.fd, &raw mut r.event) } != 0 {
+            r.epoll = -1;
+        }
     }
     for &fd in handed.iter().take(n_handed) {
         replace(fd);
     }
     for r in registrations.iter_mut().take(n_registrations) {
-        // SAFETY: the registration as it was, now on the replacement.
-        unsafe { epoll_ctl(r.epoll, EPOLL_CTL_ADD, r.fd, &raw mut r.event) };
+        if r.epoll >= 0 {
+            // SAFETY: the registration as it was, now on the replacement.
+            unsafe { epoll_ctl(r.epoll, EPOLL_CTL_ADD, r.fd, &raw mut r.event) };
+        }
     }
 }
 
