@@ -285,10 +285,14 @@ pub fn node_unchanged() -> Server {
     let script = format!(
         "require('http').createServer((q, s) => {{ s.setHeader('X-Pid', process.pid); s.end('ok\\n'); }}).listen({port}, '127.0.0.1')"
     );
+    // A keep-alive client never lets go of its connection to the old
+    // generation, which cannot drain it: baton waits half the drain
+    // timeout for it, then stops the server. 6 s keeps ten reloads within
+    // the load client's bound.
     let mut server = Server::new(
         "node, unchanged (listen(PORT))",
         "--preload",
-        &["--ready", "auto"],
+        &["--ready", "auto", "--drain-timeout", "6s"],
         vec![require("node").display().to_string(), "-e".into(), script],
     )
     .shown("node server.js  # listen(8080)");
@@ -303,7 +307,7 @@ pub fn python_http_server() -> Server {
     let mut server = Server::new(
         "python3 -m http.server",
         "--preload",
-        &["--ready", "auto"],
+        &["--ready", "auto", "--drain-timeout", "6s"],
         vec![
             python().into(),
             "-m".into(),
@@ -325,6 +329,8 @@ pub struct Run {
     pub report: Report,
     /// Spawn to ready (baton's `ready_ms`), of every generation.
     pub ready_ms: Vec<u64>,
+    /// What baton printed.
+    pub output: String,
 }
 
 impl Run {
@@ -379,6 +385,7 @@ pub fn reloads_with_traffic(
         reloads,
         report,
         ready_ms,
+        output: baton.output(),
     }
 }
 

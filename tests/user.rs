@@ -132,6 +132,53 @@ fn workers_run_as_the_user_with_its_groups_and_a_reload_under_load_fails_nothing
     assert!(baton.wait_exit().success(), "{}", baton.output());
 }
 
+/// `--preload` under `--user`: the library and the generation's drain page
+/// are readable by the worker's user, so an unchanged `python3 -m
+/// http.server` of that user takes baton's socket, and is drained by
+/// baton (it has no drain of its own) on every reload.
+#[test]
+fn a_preloaded_server_of_the_user_takes_batons_socket_and_is_drained_by_baton() {
+    if !root() {
+        return;
+    }
+    let _one = exclusive();
+    make_user(WORKER, &[EXTRA]);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(dir.path().join("index.html"), "ok\n").unwrap();
+    let port = baton_e2e::free_port();
+    let args: Vec<String> = [
+        "run",
+        "--listen",
+        &format!("http=:{port}"),
+        "--user",
+        WORKER,
+        "--preload",
+        "--ready",
+        "auto",
+        "--control",
+        "none",
+        "--",
+        baton_e2e::recipes::python(),
+        "-m",
+        "http.server",
+        &port.to_string(),
+        "--directory",
+        &dir.path().display().to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let baton = Baton::start(&args);
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let run = baton_e2e::recipes::reloads_with_traffic(baton, addr, Mode::NewConnection, 8, 3);
+    assert_no_failures(&run.report);
+    let drained = run
+        .output
+        .matches("stopped taking connections and finished its own");
+    assert_eq!(drained.count(), 4, "{}", run.output);
+}
+
 #[test]
 fn with_a_group_and_ready_auto_builds_and_workers_run_as_the_user() {
     if !root() {

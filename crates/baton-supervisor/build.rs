@@ -7,8 +7,9 @@ use std::path::PathBuf;
 use std::process::Command;
 
 fn main() {
-    println!("cargo::rerun-if-changed=preload/shim.rs");
+    println!("cargo::rerun-if-changed=preload");
     println!("cargo::rerun-if-changed=src/preload/addr.rs");
+    println!("cargo::rerun-if-changed=src/preload/drain_page.rs");
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
     let target = std::env::var("TARGET").expect("cargo sets TARGET");
@@ -32,6 +33,8 @@ fn main() {
             "opt-level=s",
             "-C",
             "debuginfo=0",
+            "-C",
+            "codegen-units=1",
         ])
         .args(["-C", "strip=symbols", "-C", "overflow-checks=off"])
         .args(["-C", "debug-assertions=off"])

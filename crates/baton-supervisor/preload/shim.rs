@@ -36,6 +36,11 @@ use core::sync::atomic::{AtomicI32, AtomicU8, AtomicUsize, Ordering};
 #[path = "../src/preload/addr.rs"]
 #[allow(dead_code)]
 mod addr;
+mod drain;
+#[path = "../src/preload/drain_page.rs"]
+#[allow(dead_code)]
+mod drain_page;
+mod waits;
 
 use addr::{AF_INET, AF_INET6, AF_UNIX, Addr, MAX_LEN};
 
@@ -101,6 +106,7 @@ type BindFn = unsafe extern "C" fn(c_int, *const u8, SockLen) -> c_int;
 type ListenFn = unsafe extern "C" fn(c_int, c_int) -> c_int;
 type UnlinkFn = unsafe extern "C" fn(*const c_char) -> c_int;
 type UnlinkAtFn = unsafe extern "C" fn(c_int, *const c_char, c_int) -> c_int;
+type PollFn = unsafe extern "C" fn(*mut drain::PollFd, u64, c_int) -> c_int;
 
 /// Read once, at load time (or at the first call, should another
 /// library's constructor bind before this one's ran).
@@ -109,6 +115,7 @@ static REAL_BIND: AtomicUsize = AtomicUsize::new(0);
 static REAL_LISTEN: AtomicUsize = AtomicUsize::new(0);
 static REAL_UNLINK: AtomicUsize = AtomicUsize::new(0);
 static REAL_UNLINKAT: AtomicUsize = AtomicUsize::new(0);
+static REAL_POLL: AtomicUsize = AtomicUsize::new(0);
 /// `LISTEN_FDS`, at most [`MAX_FDS`]; 0 turns the library off.
 static FD_COUNT: AtomicI32 = AtomicI32::new(0);
 /// `NOTIFY_SOCKET` as a `sockaddr_un` (its length; 0: none).
@@ -143,7 +150,7 @@ fn init() {
         }
         return;
     }
-    let resolve = |slot: &AtomicUsize, name: &[u8]| {
+    let resolve: fn(&AtomicUsize, &[u8]) = |slot, name| {
         // SAFETY: `name` is NUL-terminated; RTLD_NEXT finds the definition
         // after this library's (libc's).
         let f = unsafe { dlsym(RTLD_NEXT, name.as_ptr().cast()) };
@@ -153,11 +160,14 @@ fn init() {
     resolve(&REAL_LISTEN, b"listen\0");
     resolve(&REAL_UNLINK, b"unlink\0");
     resolve(&REAL_UNLINKAT, b"unlinkat\0");
+    resolve(&REAL_POLL, b"poll\0");
+    waits::resolve(resolve);
     let count = env(b"LISTEN_FDS\0")
         .and_then(decimal)
         .unwrap_or(0)
         .min(MAX_FDS);
     FD_COUNT.store(count as i32, Ordering::Release);
+    drain::init(count > 0);
     if let Some(path) = env(b"NOTIFY_SOCKET\0") {
         let abstract_name = path.first() == Some(&b'@');
         if !path.is_empty() && path.len() < SUN_PATH {
@@ -216,6 +226,36 @@ fn real<F: Copy>(slot: &AtomicUsize) -> Option<F> {
     (f != 0).then(|| unsafe { core::mem::transmute_copy::<usize, F>(&f) })
 }
 
+/// libc's `bind`, for the library's own sockets.
+fn real_bind(fd: c_int, address: *const u8, len: SockLen) -> c_int {
+    match real::<BindFn>(&REAL_BIND) {
+        // SAFETY: the caller's arguments, as bind(2) wants them.
+        Some(f) => unsafe { f(fd, address, len) },
+        None => -1,
+    }
+}
+
+/// libc's `listen`, for the library's own sockets (not reported).
+fn real_listen(fd: c_int, backlog: c_int) -> c_int {
+    match real::<ListenFn>(&REAL_LISTEN) {
+        // SAFETY: plain integers.
+        Some(f) => unsafe { f(fd, backlog) },
+        None => -1,
+    }
+}
+
+/// libc's `poll`.
+fn real_poll(fds: *mut drain::PollFd, nfds: u64, timeout: c_int) -> c_int {
+    match real::<PollFn>(&REAL_POLL) {
+        // SAFETY: the caller's array of nfds entries.
+        Some(f) => unsafe { f(fds, nfds, timeout) },
+        None => {
+            set_errno(ENOSYS);
+            -1
+        }
+    }
+}
+
 fn held_fds() -> core::ops::Range<c_int> {
     FIRST_FD..FIRST_FD + FD_COUNT.load(Ordering::Acquire)
 }
@@ -250,7 +290,9 @@ fn absolute<'a>(path: &'a [u8], out: &'a mut [u8; 2 * SUN_PATH]) -> Option<&'a [
     let total = cwd_len + 1 + path.len();
     let rest = out.get_mut(cwd_len..total)?;
     rest[0] = b'/';
-    rest.get_mut(1..)?.copy_from_slice(path);
+    for (slot, &b) in rest.iter_mut().skip(1).zip(path) {
+        *slot = b;
+    }
     out.get(..total)
 }
 

@@ -14,7 +14,9 @@
 //! - [`sampling`]: what each generation costs, measured off the loop;
 //! - [`listening`]: listener health: check, repair, hand over;
 //! - [`signals`]: what each signal baton receives does.
-//! - [`waits`]: optional timers and watchers as futures for the loop.
+//! - [`waits`]: optional timers and watchers as futures for the loop;
+//! - [`lookouts`]: threads that read a generation's `/proc` for the machine
+//!   (`--ready auto`, baton's own drain under `--preload`).
 //!
 //! Call [`Driver::run`] from a current-thread runtime: the workers' leaders
 //! get `PR_SET_PDEATHSIG`, which fires when the *thread* that forked them
@@ -25,6 +27,7 @@ mod build;
 mod escapees;
 mod ledger;
 mod listening;
+mod lookouts;
 mod observe;
 mod processes;
 mod reread;
@@ -49,6 +52,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use self::listening::{Health, Moment};
+use self::lookouts::Lookouts;
 use self::observe::{Observer, WatchOutcome};
 use self::processes::{ProcessTable, Reaped};
 use self::sampling::{Groups, Usages};
@@ -61,8 +65,7 @@ use crate::listeners::Listener;
 use crate::machine::{Action, Event, Generation, Machine, Notice, ProcessExit, StopSignal};
 use crate::metrics::history::CostHistory;
 use crate::metrics::{self, Snapshot};
-use crate::readiness::kernel::HandedSockets;
-use crate::readiness::observer::{self, Observation, Seen};
+use crate::preload::drain_page;
 use crate::readiness::{Notification, ReadinessDir, ReadinessSocket};
 use crate::signals::{SignalTable, Signals};
 use crate::spawn::{Role, SpawnRequest};
@@ -106,10 +109,7 @@ pub struct Driver {
     notify_dir: ReadinessDir,
     notes: mpsc::UnboundedSender<Notification>,
     notes_rx: mpsc::UnboundedReceiver<Notification>,
-    /// `--ready auto`: the observer of each starting generation.
-    observations: BTreeMap<Generation, Observation>,
-    seen: mpsc::UnboundedSender<Seen>,
-    seen_rx: mpsc::UnboundedReceiver<Seen>,
+    lookouts: Lookouts,
     control: Option<(std::os::unix::net::UnixListener, PathBuf)>,
     control_path: Option<PathBuf>,
     pid_file: Option<crate::pid_file::PidFile>,
@@ -147,7 +147,6 @@ impl Driver {
         }
         let (notes, notes_rx) = mpsc::unbounded_channel();
         let (requests, requests_rx) = mpsc::channel(64);
-        let (seen, seen_rx) = mpsc::unbounded_channel();
         let (sample_groups, _) = watch::channel(Groups::default());
         let (_, usage) = watch::channel(Usages::default());
         Ok(Driver {
@@ -162,9 +161,7 @@ impl Driver {
             notify_dir: ReadinessDir::new(config.runtime),
             notes,
             notes_rx,
-            observations: BTreeMap::new(),
-            seen,
-            seen_rx,
+            lookouts: Lookouts::new(),
             control_path: config.control.as_ref().map(|(_, path)| path.clone()),
             control: config.control,
             pid_file: config.pid_file,
@@ -239,7 +236,7 @@ impl Driver {
                 signal = signals.recv() => self.on_signal(&mut signals, signal),
                 Some(request) = self.requests_rx.recv() => self.on_control(request),
                 Some(note) = self.notes_rx.recv() => self.on_notification(note),
-                Some(seen) = self.seen_rx.recv() => vec![seen.into_event()],
+                event = self.lookouts.next() => vec![event],
                 // Reaping follows every wake-up: a SIGCHLD may have been
                 // coalesced with another signal.
                 _ = child.recv() => Vec::new(),
@@ -299,9 +296,17 @@ impl Driver {
                             queue.push_back(Event::SpawnFailed { generation, error });
                         }
                     }
-                    Action::Observe { generation } => self.observe(generation),
+                    Action::Observe { generation } => {
+                        if let Some(group) = self.processes.pid(generation) {
+                            self.lookouts.observe(generation, group, &self.listeners);
+                        }
+                    }
                     Action::Drain { generation, signal } => {
                         self.processes.drain(generation, to_signal(signal))
+                    }
+                    Action::Quiesce { generation } => {
+                        let group = self.processes.pid(generation);
+                        queue.extend(self.lookouts.quiesce(generation, group, &self.listeners));
                     }
                     Action::Kill { generation } => {
                         self.processes.signal(generation, Signal::SIGKILL)
@@ -309,6 +314,7 @@ impl Driver {
                     Action::Forget { generation } => {
                         self.processes.forget(generation);
                         self.readiness.remove(&generation);
+                        self.lookouts.forget(generation);
                         queue.extend(self.listeners_after_exit(generation));
                         if let Some(suppressed) = self.status_lines.forget(generation) {
                             tracing::info!(
@@ -332,29 +338,9 @@ impl Driver {
         }
         // Observe only until ready (or failed).
         let machine = &self.machine;
-        self.observations
-            .retain(|g, _| machine.generation(*g).is_some_and(|s| s.is_starting()));
+        self.lookouts
+            .observe_only(|g| machine.generation(g).is_some_and(|s| s.is_starting()));
         false
-    }
-
-    /// `--ready auto`: watch the generation's processes off the loop.
-    fn observe(&mut self, generation: Generation) {
-        let Some(group) = self.processes.pid(generation) else {
-            return;
-        };
-        let handed = HandedSockets::new(
-            self.listeners
-                .iter()
-                .map(|l| (l.name(), l.local_address(), l.as_fd())),
-        );
-        match observer::observe(generation, group, handed, self.seen.clone()) {
-            Ok(observation) => {
-                self.observations.insert(generation, observation);
-            }
-            Err(error) => {
-                tracing::error!(generation, %error, "cannot observe the new generation")
-            }
-        }
     }
 
     /// Start a generation: its notify socket, then its process. An error
@@ -375,6 +361,13 @@ impl Driver {
             .iter()
             .map(|l| (l.name(), l.as_fd()))
             .collect();
+        let mut env = self.blueprint.worker_environment();
+        if self.blueprint.preload {
+            let dir = self.notify_dir.dir();
+            if let Some(page) = self.lookouts.page(dir, generation, &self.listeners) {
+                env.push((drain_page::ENV.into(), page.into()));
+            }
+        }
         let request = SpawnRequest {
             command: &self.blueprint.command,
             role: Role::Worker {
@@ -383,7 +376,7 @@ impl Driver {
                 notify_socket: notify.path(),
                 watchdog: self.machine.generation(generation).and_then(|g| g.watchdog),
             },
-            env: self.blueprint.worker_environment(),
+            env,
             output: None,
             user: self.blueprint.user.as_ref(),
         };

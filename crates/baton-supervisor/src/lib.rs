@@ -17,6 +17,7 @@
 //! - [`runtime_dir`]: baton's runtime directories, checked against other local users.
 //! - [`local_users`]: whose credentials baton believes (its own uid, root).
 //! - [`preload`]: `--preload`: the library that hands an unchanged server's `bind()` baton's socket.
+//! - [`quiesce`]: baton's own drain for `--preload` servers that have none.
 //! - [`status`]: what `status` reports, and the sampler of worker costs.
 //! - [`metrics`]: the status page, Prometheus metrics and `/status` over HTTP.
 //! - [`fswatch`]: file watching for the dev loop: per-directory inotify watches, ignores, a quiet-period debounce.
@@ -36,6 +37,7 @@ pub mod machine;
 pub mod metrics;
 pub mod pid_file;
 pub mod preload;
+pub mod quiesce;
 pub mod readiness;
 pub mod runtime_dir;
 pub mod signals;

@@ -24,6 +24,7 @@ use crate::listeners::Listener;
 use crate::runtime_dir::{self, Dir, Rule, RuntimeDirError};
 
 pub mod addr;
+pub mod drain_page;
 pub mod elf;
 
 /// The library, as built for this target.

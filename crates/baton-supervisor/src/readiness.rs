@@ -106,6 +106,11 @@ impl ReadinessDir {
         self.dir.path()
     }
 
+    /// The directory itself (the drain pages live beside the sockets).
+    pub fn dir(&self) -> &crate::runtime_dir::Dir {
+        self.dir.dir()
+    }
+
     /// Bind the notify socket of `generation` and forward every message on
     /// it to `sink` until the returned receiver is dropped; with `user`,
     /// for workers of that user.

@@ -295,6 +295,7 @@ pub fn resolve(
         None => Some(baton_supervisor::control::default_path(&name)),
     };
     let defaults = Settings::default();
+    let preload = args.preload.or(file.preload).unwrap_or(false);
     let settings = Settings {
         readiness: args.ready.or(file.ready).unwrap_or(defaults.readiness),
         ready_timeout: args
@@ -323,6 +324,8 @@ pub fn resolve(
             .start_limit
             .or(file.start_limit)
             .unwrap_or(defaults.start_limit),
+        // Servers run with the preload library are drained by baton first.
+        quiesce: preload,
         ..defaults
     };
     let bind = BindOptions::default();
@@ -343,7 +346,7 @@ pub fn resolve(
             .map(|(k, v)| (k.into(), v.into()))
             .collect(),
         settings,
-        preload: args.preload.or(file.preload).unwrap_or(false),
+        preload,
         user: Credentials::lookup(
             args.user.as_deref().or(file.user.as_deref()),
             args.group.as_deref().or(file.group.as_deref()),

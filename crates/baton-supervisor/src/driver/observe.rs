@@ -241,6 +241,15 @@ impl Observer {
                 tracing::info!(generation, pid = pid_of(generation), "draining");
                 None
             }
+            Notice::QuiesceCutShort { generation, waited } => {
+                tracing::warn!(
+                    generation,
+                    pid = pid_of(generation),
+                    waited_ms = waited.as_millis() as u64,
+                    "still holds connections (or a socket the preload library could not take back): sending its stop signal now"
+                );
+                None
+            }
             Notice::DrainTimedOut { generation } => {
                 let pid = pid_of(generation);
                 tracing::warn!(

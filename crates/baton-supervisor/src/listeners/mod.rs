@@ -159,6 +159,13 @@ impl Listener {
     pub fn backlog(&self) -> Option<i32> {
         self.backlog
     }
+
+    /// A stream socket's local address, which every connection accepted
+    /// on it shares; `None` for a datagram socket.
+    pub fn stream_address(&self) -> Option<socket2::SockAddr> {
+        let stream = self.socket.r#type().ok()? == socket2::Type::STREAM;
+        stream.then(|| self.socket.local_addr().ok()).flatten()
+    }
 }
 
 impl AsFd for Listener {

@@ -90,6 +90,12 @@ pub enum Event {
         /// Whose group emptied; it is gone for good.
         generation: Generation,
     },
+    /// Under baton's own drain: the generation takes no more connections
+    /// and has finished the ones it had.
+    Quiesced {
+        /// The generation.
+        generation: Generation,
+    },
     /// The time [`poll_timeout`](super::Machine::poll_timeout) named has come.
     Timeout,
     /// New settings (a re-read config file) for decisions from now on.
@@ -138,6 +144,14 @@ pub enum Action {
         generation: Generation,
         /// What to send.
         signal: StopSignal,
+    },
+    /// Drain the generation baton's way (`--preload`): raise its flag, so
+    /// that it stops taking connections, and watch it until it is quiet
+    /// ([`Event::Quiesced`]). The stop signal follows as an
+    /// [`Action::Drain`].
+    Quiesce {
+        /// The generation.
+        generation: Generation,
     },
     /// SIGKILL the generation's whole process group.
     Kill {
@@ -294,6 +308,14 @@ pub enum Notice {
     DrainTimedOut {
         /// The generation killed.
         generation: Generation,
+    },
+    /// Baton's own drain waited as long as it may (half the drain
+    /// timeout): the stop signal goes although connections remain.
+    QuiesceCutShort {
+        /// The generation.
+        generation: Generation,
+        /// How long it waited.
+        waited: Duration,
     },
     /// Too many generations were draining: the oldest is killed.
     Evicted {

@@ -39,12 +39,15 @@ pub enum Phase {
         /// It missed its watchdog deadline (and has sent nothing since).
         silent: bool,
     },
-    /// Sent its stop signal; finishing its connections.
+    /// Asked to drain; finishing its connections.
     Draining {
-        /// When the stop signal went out.
+        /// When it was asked (its stop signal, or baton's own drain).
         since: Instant,
         /// Its group is killed then.
         deadline: Instant,
+        /// Under baton's own drain, until its stop signal is sent: the
+        /// signal goes when it is quiet, or at this time.
+        signal_at: Option<Instant>,
         /// How its leader ended, if it has.
         leader: Option<ProcessExit>,
     },
@@ -82,7 +85,11 @@ impl Phase {
                 watchdog_by,
                 ..
             } => earliest(*stable_at, *watchdog_by),
-            Phase::Draining { deadline, .. } => Some(*deadline),
+            Phase::Draining {
+                deadline,
+                signal_at,
+                ..
+            } => Some(signal_at.map_or(*deadline, |at| at.min(*deadline))),
             Phase::Killing { .. } => None,
         }
     }

@@ -155,6 +155,7 @@ impl Machine {
                 self.on_leader_exited(generation, status, &mut step)
             }
             Event::GroupEmpty { generation } => self.on_group_empty(generation, &mut step),
+            Event::Quiesced { generation } => self.send_stop_signal(generation, &mut step),
             Event::Timeout => self.on_timeout(&mut step),
             Event::SettingsChanged(settings) => self.settings = settings,
             Event::ShutdownRequested => self.on_shutdown(false, &mut step),
@@ -410,6 +411,15 @@ impl Machine {
                     self.kill(generation, None, step);
                     step.notice(Notice::DrainTimedOut { generation });
                 }
+                Phase::Draining {
+                    since,
+                    signal_at: Some(at),
+                    ..
+                } if *at <= now => {
+                    let waited = now.saturating_duration_since(*since);
+                    step.notice(Notice::QuiesceCutShort { generation, waited });
+                    self.send_stop_signal(generation, step);
+                }
                 _ => {}
             }
         }
@@ -501,19 +511,42 @@ impl Machine {
 
     fn drain(&mut self, generation: Generation, step: &mut Step) {
         let deadline = step.now + self.settings.drain_timeout;
+        // baton's own drain may take half the time; the server's own
+        // shutdown, after the stop signal, has the rest.
+        let signal_at = self
+            .settings
+            .quiesce
+            .then(|| step.now + self.settings.drain_timeout / 2);
         let Some(phase) = self.phase_mut(generation) else {
             return;
         };
         *phase = Phase::Draining {
             since: step.now,
             deadline,
+            signal_at,
             leader: None,
         };
-        step.out.push(Action::Drain {
-            generation,
-            signal: self.settings.stop_signal,
+        step.out.push(match signal_at {
+            Some(_) => Action::Quiesce { generation },
+            None => Action::Drain {
+                generation,
+                signal: self.settings.stop_signal,
+            },
         });
         step.notice(Notice::Draining { generation });
+    }
+
+    /// The stop signal of a generation that baton drained itself.
+    fn send_stop_signal(&mut self, generation: Generation, step: &mut Step) {
+        let Some(Phase::Draining { signal_at, .. }) = self.phase_mut(generation) else {
+            return;
+        };
+        if signal_at.take().is_some() {
+            step.out.push(Action::Drain {
+                generation,
+                signal: self.settings.stop_signal,
+            });
+        }
     }
 
     /// SIGKILL the group; `exited` is the leader's status when that is

@@ -170,6 +170,10 @@ pub struct Settings {
     /// The sd_notify watchdog asked of workers (`WATCHDOG_USEC`): an active
     /// generation that sends no `WATCHDOG=1` for this long is replaced.
     pub watchdog: Option<Duration>,
+    /// baton's own drain first (`--preload`): the generation stops taking
+    /// connections, and the stop signal waits until its connections are
+    /// done, for at most half of `drain_timeout`.
+    pub quiesce: bool,
 }
 
 impl Settings {
@@ -190,6 +194,7 @@ impl Default for Settings {
             backoff: Backoff::default(),
             start_limit: Settings::DEFAULT_START_LIMIT,
             watchdog: None,
+            quiesce: false,
         }
     }
 }

@@ -837,3 +837,4 @@ fn process_exits_read_well() {
 mod auto;
 mod faults;
 mod properties;
+mod quiesce;

@@ -155,3 +155,29 @@ fn a_dynamic_c_program_and_a_script_get_no_advice() {
     assert_eq!(elf::unreachable(script.path()), None);
     assert_eq!(elf::unreachable(Path::new("/nonexistent")), None);
 }
+
+#[test]
+fn a_drain_page_names_its_sockets_and_starts_with_its_flag_down() {
+    let page = drain_page::encode(&[7, 1 << 40]);
+    assert!(drain_page::valid(&page));
+    assert_eq!(page[drain_page::FLAG], 0);
+    assert!(drain_page::names(&page, 7));
+    assert!(drain_page::names(&page, 1 << 40));
+    assert!(!drain_page::names(&page, 8));
+    assert!(!drain_page::names(&page, 0), "unused slots name nothing");
+    assert!(!drain_page::valid(&page[..drain_page::LEN - 1]));
+    assert!(!drain_page::valid(&[0; drain_page::LEN]));
+}
+
+#[test]
+fn the_library_needs_nothing_but_libc() {
+    // Built with `BIND_NOW`: an undefined symbol libc lacks would stop
+    // every worker from starting. `core`'s panic machinery, pulled in by
+    // any index or slice copy that might fail, brings such a symbol
+    // (`rust_eh_personality`).
+    let needle = b"rust_eh_personality";
+    assert!(
+        !LIBRARY.windows(needle.len()).any(|w| w == needle),
+        "the preload library links core's panic path: find the index or copy_from_slice that can fail"
+    );
+}

@@ -52,6 +52,16 @@ impl HandedSockets {
         HandedSockets { by_inode }
     }
 
+    /// Their inodes.
+    pub fn inodes(&self) -> impl Iterator<Item = u64> + '_ {
+        self.by_inode.keys().copied()
+    }
+
+    /// Whether `inode` is one of them.
+    pub fn contains(&self, inode: u64) -> bool {
+        self.by_inode.contains_key(&inode)
+    }
+
     fn label(&self, inode: u64) -> Option<&str> {
         self.by_inode.get(&inode).map(String::as_str)
     }
@@ -143,7 +153,7 @@ pub fn look(group: i32, handed: &HandedSockets, explain: bool) -> Finding {
 }
 
 /// The pids of a process group and of every descendant of its members.
-fn members(group: i32) -> Vec<i32> {
+pub(crate) fn members(group: i32) -> Vec<i32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -177,9 +187,9 @@ fn members(group: i32) -> Vec<i32> {
 #[derive(Debug, Default)]
 pub struct Files {
     /// Socket descriptors and their inodes.
-    sockets: BTreeMap<i32, u64>,
+    pub(crate) sockets: BTreeMap<i32, u64>,
     /// Epoll descriptors.
-    epolls: Vec<i32>,
+    pub(crate) epolls: Vec<i32>,
 }
 
 impl Files {

@@ -90,20 +90,20 @@ pub const TCP_LISTEN: u8 = 0x0a;
 
 /// Parse a `/proc/net/{tcp,tcp6,udp,udp6}` table.
 pub fn parse_net_table(text: &str) -> Vec<NetSocket> {
-    text.lines()
-        .skip(1)
-        .filter_map(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            let local = parse_hex_address(fields.get(1)?)?;
-            let state = u8::from_str_radix(fields.get(3)?, 16).ok()?;
-            let inode = fields.get(9)?.parse().ok()?;
-            Some(NetSocket {
-                local,
-                state,
-                inode,
-            })
-        })
-        .collect()
+    text.lines().skip(1).filter_map(parse_net_line).collect()
+}
+
+/// One line of such a table (`None` for its heading).
+pub fn parse_net_line(line: &str) -> Option<NetSocket> {
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let local = parse_hex_address(fields.get(1)?)?;
+    let state = u8::from_str_radix(fields.get(3)?, 16).ok()?;
+    let inode = fields.get(9)?.parse().ok()?;
+    Some(NetSocket {
+        local,
+        state,
+        inode,
+    })
 }
 
 /// `0100007F:1F90` (127.0.0.1:8080) or 32 hex digits and a port for IPv6:

@@ -17,6 +17,7 @@ enum Op {
     Observed(usize, bool),
     LeaderExit(usize, i32),
     GroupEmpty(usize),
+    Quiesced(usize),
     SpawnsFail(bool),
     Advance(u64),
     Shutdown,
@@ -31,6 +32,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (any::<usize>(), any::<bool>()).prop_map(|(i, w)| Op::Observed(i, w)),
         2 => (any::<usize>(), 0..3i32).prop_map(|(i, c)| Op::LeaderExit(i, c)),
         2 => any::<usize>().prop_map(Op::GroupEmpty),
+        2 => any::<usize>().prop_map(Op::Quiesced),
         1 => any::<bool>().prop_map(Op::SpawnsFail),
         3 => (0..40_000u64).prop_map(Op::Advance),
         1 => Just(Op::Shutdown),
@@ -55,6 +57,9 @@ struct World {
     exited: bool,
     /// A generation was ready at some point.
     ever_ready: bool,
+    /// Generations asked to quiesce, and those sent their stop signal.
+    quiescing: BTreeSet<Generation>,
+    signalled: BTreeSet<Generation>,
 }
 
 impl World {
@@ -68,6 +73,8 @@ impl World {
             answered: BTreeMap::new(),
             exited: false,
             ever_ready: false,
+            quiescing: BTreeSet::new(),
+            signalled: BTreeSet::new(),
         }
     }
 
@@ -104,6 +111,27 @@ impl World {
                         self.machine.generation(*generation).is_some(),
                         "{action:?} for an unknown generation after {event:?}"
                     );
+                    if let Action::Drain { .. } = action {
+                        assert!(
+                            self.signalled.insert(*generation),
+                            "a second stop signal for {generation} after {event:?}"
+                        );
+                        assert_eq!(
+                            self.machine.settings().quiesce,
+                            self.quiescing.contains(generation),
+                            "quiesce first exactly when asked to, after {event:?}"
+                        );
+                    }
+                }
+                Action::Quiesce { generation } => {
+                    assert!(self.machine.settings().quiesce, "{action:?} unasked");
+                    assert!(
+                        self.machine
+                            .generation(*generation)
+                            .is_some_and(Lifecycle::is_draining),
+                        "{action:?} of a generation that is not draining after {event:?}"
+                    );
+                    assert!(self.quiescing.insert(*generation), "quiesced twice");
                 }
                 Action::Forget { generation } => {
                     assert!(self.machine.generation(*generation).is_none());
@@ -194,6 +222,11 @@ impl World {
                     self.feed(Event::GroupEmpty { generation });
                 }
             }
+            Op::Quiesced(i) => {
+                if let Some(generation) = self.pick(i) {
+                    self.feed(Event::Quiesced { generation });
+                }
+            }
             Op::SpawnsFail(fail) => self.spawns_fail = fail,
             Op::Advance(ms) => {
                 self.now += Duration::from_millis(ms);
@@ -241,6 +274,7 @@ proptest! {
         readiness in 0..3u8,
         watchdog in any::<bool>(),
         start_limit in 1..8u32,
+        quiesce in any::<bool>(),
     ) {
         let settings = Settings {
             readiness: match readiness {
@@ -253,6 +287,7 @@ proptest! {
             max_draining: NonZeroUsize::new(2).unwrap(),
             start_limit: NonZeroU32::new(start_limit).unwrap(),
             watchdog: watchdog.then_some(2 * SECOND),
+            quiesce,
             ..Settings::default()
         };
         let mut world = World::new(settings);
