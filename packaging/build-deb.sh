@@ -1,8 +1,11 @@
 #!/bin/sh
 # Build baton's Debian package from a built binary, with dpkg-deb alone:
-#   cargo build --profile dist -p baton && packaging/build-deb.sh
+#   cargo build --profile dist -p baton --target x86_64-unknown-linux-musl \
+#       && packaging/build-deb.sh
 #   packaging/build-deb.sh [BATON_BINARY [OUT_DIR]]
-# (defaults: target/dist/baton, target/debian). The package holds the
+# (defaults: the static build, target/ARCH-unknown-linux-musl/dist/baton,
+# if there is one, else target/dist/baton; target/debian). The static
+# build is the smaller resident set (docs/benchmarks.md). The package holds the
 # binary, its manual pages and shell completions (made by the binary
 # itself), the baton@.service template in /lib/systemd/system (instances
 # read /etc/baton/NAME.toml) and the other units as examples, each with
@@ -15,7 +18,9 @@
 set -eu
 root=$(cd "$(dirname "$0")/.." && pwd)
 target=${CARGO_TARGET_DIR:-$root/target}
-given=${1:-$target/dist/baton}
+static=$target/$(uname -m)-unknown-linux-musl/dist/baton
+if [ -x "$static" ]; then default=$static; else default=$target/dist/baton; fi
+given=${1:-$default}
 baton=$(realpath "$given")
 out=${2:-$target/debian}
 [ -x "$baton" ] || { echo "no baton binary at $given (cargo build --profile dist -p baton)" >&2; exit 1; }
