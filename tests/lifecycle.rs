@@ -241,3 +241,22 @@ fn the_pid_file_names_the_running_baton_and_goes_with_it() {
     let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
     assert!(left.is_empty(), "no temporary file left: {left:?}");
 }
+
+/// `--log-format json`: a figure is a JSON number, whatever its Rust type
+/// (a `u128` from `Duration::as_millis` came out as a string).
+#[test]
+fn json_logs_give_every_figure_as_a_number() {
+    let mut args = vec!["--log-format".to_owned(), "json".to_owned()];
+    args.extend(run_args(&["--ready", "notify"], &[]));
+    let mut baton = Baton::start(&args);
+    let fields = |line: &str| -> serde_json::Value {
+        serde_json::from_str(line.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
+    };
+    let ready = fields(&baton.wait_for(&["\"message\":\"ready\"", "\"generation\":1"]));
+    assert!(ready["ready_ms"].is_u64(), "{ready}");
+    baton.signal(Signal::SIGHUP);
+    let exited = fields(&baton.wait_for(&["\"message\":\"exited\"", "\"generation\":1"]));
+    assert!(exited["drain_ms"].is_u64(), "{exited}");
+    baton.signal(Signal::SIGTERM);
+    assert!(baton.wait_exit().success(), "{}", baton.output());
+}

@@ -200,7 +200,9 @@ impl Observer {
                     delay.as_millis()
                 );
                 self.tell_systemd(|s| s.status(&text));
-                tracing::warn!(delay_ms = delay.as_millis(), crashes, "restart scheduled");
+                // u64: tracing's JSON writes a u128 as a string.
+                let delay_ms = delay.as_millis() as u64;
+                tracing::warn!(delay_ms, crashes, "restart scheduled");
                 None
             }
             Notice::WatchdogMissed {
@@ -277,7 +279,7 @@ impl Observer {
                 drained_in,
             } => {
                 let pid = pid_of(generation);
-                let drain_ms = drained_in.unwrap_or(Duration::ZERO).as_millis();
+                let drain_ms = drained_in.unwrap_or(Duration::ZERO).as_millis() as u64;
                 let status = status.map_or_else(|| "never started".to_owned(), |s| s.to_string());
                 self.ledger.on_exited(generation, &status, drained_in);
                 tracing::info!(generation, pid, %status, drain_ms, "exited");
