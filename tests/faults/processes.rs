@@ -5,7 +5,7 @@
 use std::net::TcpListener;
 
 use baton_e2e::{
-    Baton, Traffic, alive, assert_no_failures, eventually, exclusive, field, pid_in,
+    Baton, Traffic, alive, assert_no_failures, eventually, exclusive, field, http_get, pid_in,
     processes_with_token, run_args,
 };
 use baton_loadgen::Mode;
@@ -61,12 +61,20 @@ fn generation(status: &Value, generation: u64) -> Option<&Value> {
 /// SIGSTOP can be neither caught nor ignored, and a stopped worker acts on
 /// its stop signal only once it runs again: baton sends SIGCONT after the
 /// stop signal, as systemd does, so it drains at once instead of being
-/// killed at the drain deadline. `status` shows a stopped worker.
+/// killed at the drain deadline. `status` and `/metrics` show a stopped
+/// worker.
 #[test]
 fn a_stopped_worker_drains_on_reload_without_waiting_for_the_drain_timeout() {
     let _serial = exclusive();
     let mut baton = Baton::start(&run_args(
-        &["--ready", "notify", "--drain-timeout", "20s"],
+        &[
+            "--ready",
+            "notify",
+            "--drain-timeout",
+            "20s",
+            "--metrics",
+            "127.0.0.1:0",
+        ],
         &[],
     ));
     let first = baton.wait_ready(1);
@@ -90,6 +98,14 @@ fn a_stopped_worker_drains_on_reload_without_waiting_for_the_drain_timeout() {
         let stopped = generation(s, 2)?["stopped"].as_u64()?;
         (stopped >= 1).then_some(())
     });
+    let gauge = "\nbaton_worker_stopped_processes{generation=\"2\"} 1\n";
+    assert!(
+        eventually(|| http_get(baton.metrics_address(), "/metrics")
+            .1
+            .contains(gauge)),
+        "{}",
+        http_get(baton.metrics_address(), "/metrics").1
+    );
     kill(Pid::from_raw(second), Signal::SIGCONT).expect("continue the worker");
     status_until(&baton, |s| {
         (generation(s, 2)?["stopped"] == 0).then_some(())

@@ -221,6 +221,51 @@ pub fn render(snapshot: &Snapshot) -> String {
         "Open file descriptors of each live generation's processes.",
         &per_generation(&|g| g.usage.open_fds.to_string()),
     );
+    // What `status` flags, so that an alert need not parse it.
+    family(
+        "baton_worker_stopped_processes",
+        "gauge",
+        "Processes of each live generation stopped (SIGSTOP, a debugger): they neither serve nor drain.",
+        &per_generation(&|g| g.usage.stopped.to_string()),
+    );
+    let active: Vec<(String, String)> = (status.generations.iter())
+        .filter(|g| g.state == "active")
+        .map(|g| {
+            let silent = u8::from(g.silent).to_string();
+            (format!("{{generation=\"{}\"}}", g.generation), silent)
+        })
+        .collect();
+    family(
+        "baton_worker_silent",
+        "gauge",
+        "1 while the active generation has missed its watchdog (--watchdog) and is being replaced.",
+        &active,
+    );
+    family(
+        "baton_escaped_processes",
+        "gauge",
+        "baton's children outside every generation (a worker's setsid daemon), at the last sample.",
+        &[(String::new(), status.escaped.len().to_string())],
+    );
+    let guardian = status.guardian.as_ref();
+    family(
+        "baton_guardian_up",
+        "gauge",
+        "1 while the guardian that kills the workers should baton die runs; no sample without one.",
+        &guardian
+            .map(|g| (String::new(), u8::from(g.pid.is_some()).to_string()))
+            .into_iter()
+            .collect::<Vec<_>>(),
+    );
+    family(
+        "baton_guardian_restarts_total",
+        "counter",
+        "Times the guardian died and was replaced.",
+        &guardian
+            .map(|g| (String::new(), g.restarts.to_string()))
+            .into_iter()
+            .collect::<Vec<_>>(),
+    );
     snapshot.reload_duration.render(
         &mut out,
         "baton_reload_duration_seconds",
@@ -393,6 +438,56 @@ mod tests {
             text.contains("baton_listener_repairs_total{name=\"http\"} 2\n"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn what_status_flags_has_a_gauge() {
+        use crate::status::{EscapedProcess, GenerationStatus, GuardianStatus, Usage};
+        let mut snapshot = Snapshot::default();
+        let sampled = Usage {
+            processes: 2,
+            stopped: 1,
+            ..Usage::default()
+        };
+        snapshot.status.generations = vec![
+            GenerationStatus {
+                generation: 3,
+                state: "draining".into(),
+                usage: sampled.clone(),
+                ..GenerationStatus::default()
+            },
+            GenerationStatus {
+                generation: 4,
+                state: "active".into(),
+                silent: true,
+                usage: sampled,
+                ..GenerationStatus::default()
+            },
+        ];
+        snapshot.status.escaped = vec![EscapedProcess::default(); 2];
+        let text = render(&snapshot);
+        for line in [
+            "baton_worker_stopped_processes{generation=\"3\"} 1\n",
+            "baton_worker_silent{generation=\"4\"} 1\n",
+            "baton_escaped_processes 2\n",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
+        assert!(
+            !text.contains("baton_worker_silent{generation=\"3\"}"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("\nbaton_guardian_up "),
+            "no guardian, no sample: {text}"
+        );
+        snapshot.status.guardian = Some(GuardianStatus {
+            pid: None,
+            restarts: 3,
+        });
+        let text = render(&snapshot);
+        assert!(text.contains("baton_guardian_up 0\n"), "{text}");
+        assert!(text.contains("baton_guardian_restarts_total 3\n"), "{text}");
     }
 
     #[test]
