@@ -294,3 +294,47 @@ fn a_configmap_style_symlink_swap_reloads_once() {
         baton.output()
     );
 }
+
+/// Code that does not start yet is the dev loop's daily case: baton keeps
+/// trying (backing off) past the start limit, which holds under `--watch`
+/// only when given, and the saved fix starts a generation that serves.
+#[test]
+fn code_that_never_started_waits_for_its_fix_beyond_the_start_limit() {
+    let _serial = exclusive();
+    let dir = project("crash");
+    let worker = format!(
+        "grep -q crash src/answer.txt && exit 1; exec {} --answer-file target/answer.txt",
+        test_worker_bin().display()
+    );
+    let mut command = Command::new(baton_bin());
+    command.current_dir(dir.path()).args([
+        "run",
+        "--listen",
+        "http=127.0.0.1:0",
+        "--ready",
+        "notify",
+        "--watch",
+        "src",
+        "--debounce",
+        "100ms",
+        "--min-interval",
+        "0",
+        "--build",
+        BUILD,
+        "--",
+        "sh",
+        "-c",
+        &worker,
+    ]);
+    let mut baton = Baton::spawn(command);
+    // Beyond the default limit of 5 failed starts in a row (backing off:
+    // the 7th comes about 6 s after the first).
+    baton.wait_for_nth(7, &["start failed"]);
+    assert_eq!(baton.count(&["giving up"]), 0, "{}", baton.output());
+    write(dir.path(), "src/answer.txt", "fixed");
+    let line = baton.wait_for(&["ready generation="]);
+    let generation: u64 = field(&line, "generation").unwrap().parse().unwrap();
+    assert_eq!(answer(&baton, generation), "fixed");
+    baton.signal(Signal::SIGTERM);
+    assert!(baton.wait_exit().success(), "{}", baton.output());
+}

@@ -112,6 +112,8 @@ pub struct RunArgs {
     pub watchdog: Option<Duration>,
     /// Give up and exit 1 after this many failed starts in a row while no
     /// worker was ever ready; after one was, failures are only backed off.
+    /// Under --watch there is no limit unless one is given: the next saved
+    /// file tries again.
     #[arg(long, value_name = "N", value_parser = parse_count::<NonZeroU32>)]
     pub start_limit: Option<NonZeroU32>,
     /// This baton's name, for its control socket [default: the command's file name].

@@ -296,6 +296,14 @@ pub fn resolve(
     };
     let defaults = Settings::default();
     let preload = args.preload.or(file.preload).unwrap_or(false);
+    // The dev loop waits for the fix of code that does not start yet (a
+    // saved file tries again at once): its start limit holds only when
+    // given.
+    let watching = !args.watch.is_empty() || !file_dev.watch.is_empty();
+    let start_limit = match watching {
+        true => NonZeroU32::MAX,
+        false => defaults.start_limit,
+    };
     let settings = Settings {
         readiness: args.ready.or(file.ready).unwrap_or(defaults.readiness),
         ready_timeout: args
@@ -320,10 +328,7 @@ pub fn resolve(
             .or(file.watchdog)
             .or(defaults.watchdog)
             .filter(|interval| !interval.is_zero()),
-        start_limit: args
-            .start_limit
-            .or(file.start_limit)
-            .unwrap_or(defaults.start_limit),
+        start_limit: args.start_limit.or(file.start_limit).unwrap_or(start_limit),
         // Servers run with the preload library are drained by baton first.
         quiesce: preload,
         ..defaults
@@ -630,12 +635,15 @@ mod tests {
 
     #[test]
     fn the_default_the_help_shows_is_the_one_applied() {
-        let base = ["--listen", ":0", "--watch", ".", "--", "/bin/app"];
-        let unset = render(&resolve(&run_args(&base), None, false).unwrap());
+        let watching: &[&str] = &["--listen", ":0", "--watch", ".", "--", "/bin/app"];
+        // The dev loop has no start limit unless given (its help says so).
+        let plain: &[&str] = &["--listen", ":0", "--", "/bin/app"];
         for (id, default) in defaults() {
+            let base = if id == "start_limit" { plain } else { watching };
+            let unset = render(&resolve(&run_args(base), None, false).unwrap());
             let flag = format!("--{}", id.replace('_', "-"));
             let mut args = vec![flag.as_str(), default.as_str()];
-            args.extend(base);
+            args.extend(base.iter().copied());
             let given = render(&resolve(&run_args(&args), None, false).unwrap());
             assert_eq!(given, unset, "{flag} {default}");
         }
