@@ -219,6 +219,40 @@ fn a_daemon_that_escapes_its_generation_is_listed_and_stopped_when_baton_exits()
     TcpListener::bind(addr).expect("the port is free after baton exits");
 }
 
+/// Once listed, an escaped daemon is also the guardian's: should baton be
+/// SIGKILLed, the guardian kills it with the workers, and nothing of
+/// baton's tree is left holding the port.
+#[test]
+fn an_escaped_daemon_dies_with_a_killed_baton() {
+    let _serial = exclusive();
+    let mut baton = Baton::start(&run_args(&["--ready", "notify"], &["--setsid-daemon"]));
+    baton.wait_ready(1);
+    let daemon = pid_in(&baton.wait_for(&["setsid-daemon pid="]));
+    let _cleanup = KillOnDrop(daemon);
+    let addr = baton.address("http");
+    let listed = status_until(&baton, |s| {
+        s["escaped"]
+            .as_array()?
+            .iter()
+            .find(|p| p["pid"] == daemon)
+            .cloned()
+    });
+    let pgid = format!("pgid={}", listed["pgid"]);
+    baton.wait_for(&["guarding an escaped process group", &pgid]);
+    baton.signal(Signal::SIGKILL);
+    baton.wait_exit();
+    assert!(
+        eventually(|| !alive(daemon)),
+        "the daemon {daemon} outlived baton"
+    );
+    assert!(
+        eventually(|| processes_with_token(baton.token()).is_empty()),
+        "left behind: {:?}",
+        processes_with_token(baton.token())
+    );
+    TcpListener::bind(addr).expect("the port is free");
+}
+
 /// The guardian is baton's own binary, exec'd in a hidden role with
 /// argv[0] `baton-guardian`, so `pidof baton` finds baton alone. A killed
 /// guardian is replaced, and the new one does the job: when baton is

@@ -613,6 +613,8 @@ impl Driver {
     /// Hand the metrics server a fresh snapshot (with a frame more of
     /// cost history after each sample), and the sampler the groups to measure.
     fn publish(&mut self) {
+        let sample = self.usage.borrow().clone();
+        self.processes.guard_escaped(&sample.escaped);
         let draining = self
             .machine
             .generations()

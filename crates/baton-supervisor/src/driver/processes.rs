@@ -12,7 +12,9 @@
 //! dropped from the guardian's list the moment it is found empty.
 //!
 //! A guardian that exits is replaced (at most once a second) and told
-//! every group still alive.
+//! every group still alive. The groups of escaped processes (a worker's
+//! `setsid` daemon) are the guardian's too, once the sampler has found
+//! them.
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
@@ -25,7 +27,7 @@ use nix::unistd::Pid;
 use crate::guardian::Guardian;
 use crate::machine::{Generation, ProcessExit};
 use crate::spawn::{self, SpawnError, SpawnRequest};
-use crate::status::GuardianStatus;
+use crate::status::{EscapedProcess, GuardianStatus};
 
 /// The least time between two starts of a guardian: one that dies at once
 /// is not restarted in a tight loop.
@@ -68,6 +70,8 @@ pub(super) struct ProcessTable {
     guarded: bool,
     guardian_started: Instant,
     guardian_restarts: u32,
+    /// The groups of escaped processes the guardian was told about.
+    escaped: HashSet<i32>,
 }
 
 impl ProcessTable {
@@ -80,6 +84,7 @@ impl ProcessTable {
             guardian,
             guardian_started: Instant::now(),
             guardian_restarts: 0,
+            escaped: HashSet::new(),
         }
     }
 
@@ -190,6 +195,32 @@ impl ProcessTable {
         }
     }
 
+    /// Tell the guardian the groups of escaped processes (a `setsid`
+    /// daemon's session), so that they die with the workers should baton
+    /// be killed; and forget those gone. Never baton's own group, which
+    /// holds what started baton (a `| tee`), nor its session leader's.
+    pub fn guard_escaped(&mut self, escaped: &[EscapedProcess]) {
+        let own = nix::unistd::getpgrp().as_raw();
+        let session = nix::unistd::getsid(None).map_or(own, |s| s.as_raw());
+        let now: HashSet<i32> = (escaped.iter())
+            .map(|p| p.pgid)
+            .filter(|&g| g > 1 && g != own && g != session)
+            .collect();
+        if let Some(guardian) = &self.guardian {
+            for &gone in self.escaped.difference(&now) {
+                guardian.forget(gone);
+            }
+            for &new in now.difference(&self.escaped) {
+                guardian.add(new);
+                tracing::info!(
+                    pgid = new,
+                    "guarding an escaped process group: the guardian kills it should baton die"
+                );
+            }
+        }
+        self.escaped = now;
+    }
+
     fn watch_group(&self, pgid: i32) {
         if let Some(guardian) = &self.guardian {
             guardian.add(pgid);
@@ -234,7 +265,10 @@ impl ProcessTable {
         match Guardian::start() {
             Ok(guardian) => {
                 let live = self.groups.values().filter(|g| !g.empty).map(|g| g.pid);
-                for pgid in live.chain(self.build).chain(self.cancelled_builds.clone()) {
+                let escaped = self.escaped.iter().copied();
+                for pgid in
+                    (live.chain(self.build).chain(escaped)).chain(self.cancelled_builds.clone())
+                {
                     guardian.add(pgid);
                 }
                 self.guardian_restarts += 1;
