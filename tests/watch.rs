@@ -30,6 +30,17 @@ const BUILD: &str = "if grep -q broken src/answer.txt; then echo broken >&2; exi
 
 /// baton on `dir` with the usual build; `debounce` is the quiet period.
 fn start(dir: &Path, debounce: &str) -> Baton {
+    let mut command = dev_loop(dir, debounce, BUILD);
+    command
+        .arg("--")
+        .arg(test_worker_bin())
+        .args(["--answer-file", "target/answer.txt"]);
+    Baton::spawn(command)
+}
+
+/// `baton run` in `dir`, watching `src` with `build` and the quiet period
+/// `debounce`, no least interval; the caller adds `--` and the worker.
+fn dev_loop(dir: &Path, debounce: &str, build: &str) -> Command {
     let mut command = Command::new(baton_bin());
     command.current_dir(dir).args([
         "run",
@@ -44,13 +55,9 @@ fn start(dir: &Path, debounce: &str) -> Baton {
         "--min-interval",
         "0",
         "--build",
-        BUILD,
+        build,
     ]);
     command
-        .arg("--")
-        .arg(test_worker_bin())
-        .args(["--answer-file", "target/answer.txt"]);
-    Baton::spawn(command)
 }
 
 /// What `generation`, the newest, serves at `GET /answer`. The one before
@@ -148,26 +155,8 @@ fn ignored_files_and_the_builds_own_output_trigger_nothing() {
         "{BUILD} && cp {} target/app.new && mv target/app.new src/app",
         test_worker_bin().display()
     );
-    let mut command = Command::new(baton_bin());
-    command.current_dir(dir.path()).args([
-        "run",
-        "--listen",
-        "http=127.0.0.1:0",
-        "--ready",
-        "notify",
-        "--watch",
-        "src",
-        "--debounce",
-        "500ms",
-        "--min-interval",
-        "0",
-        "--build",
-        &build,
-        "--",
-        "src/app",
-        "--answer-file",
-        "target/answer.txt",
-    ]);
+    let mut command = dev_loop(dir.path(), "500ms", &build);
+    command.args(["--", "src/app", "--answer-file", "target/answer.txt"]);
     let mut baton = Baton::spawn(command);
     baton.wait_ready(1);
     for (file, text) in [
@@ -306,26 +295,8 @@ fn code_that_never_started_waits_for_its_fix_beyond_the_start_limit() {
         "grep -q crash src/answer.txt && exit 1; exec {} --answer-file target/answer.txt",
         test_worker_bin().display()
     );
-    let mut command = Command::new(baton_bin());
-    command.current_dir(dir.path()).args([
-        "run",
-        "--listen",
-        "http=127.0.0.1:0",
-        "--ready",
-        "notify",
-        "--watch",
-        "src",
-        "--debounce",
-        "100ms",
-        "--min-interval",
-        "0",
-        "--build",
-        BUILD,
-        "--",
-        "sh",
-        "-c",
-        &worker,
-    ]);
+    let mut command = dev_loop(dir.path(), "100ms", BUILD);
+    command.args(["--", "sh", "-c", &worker]);
     let mut baton = Baton::spawn(command);
     // Beyond the default limit of 5 failed starts in a row (backing off:
     // the 7th comes about 6 s after the first).

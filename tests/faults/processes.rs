@@ -173,6 +173,17 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// `status`'s entry for `pid` among the escaped processes, once it has one.
+fn listed_as_escaped(baton: &Baton, pid: i32) -> serde_json::Value {
+    status_until(baton, |s| {
+        s["escaped"]
+            .as_array()?
+            .iter()
+            .find(|p| p["pid"] == pid)
+            .cloned()
+    })
+}
+
 /// A worker that starts a `setsid` daemon leaves it holding the listening
 /// socket. baton, a subreaper, adopts it: `status` lists it, and when
 /// baton exits it stops it (SIGTERM, then SIGKILL after the drain timeout:
@@ -188,13 +199,7 @@ fn a_daemon_that_escapes_its_generation_is_listed_and_stopped_when_baton_exits()
     let daemon = pid_in(&baton.wait_for(&["setsid-daemon pid="]));
     let _cleanup = KillOnDrop(daemon);
     let addr = baton.address("http");
-    let listed = status_until(&baton, |s| {
-        s["escaped"]
-            .as_array()?
-            .iter()
-            .find(|p| p["pid"] == daemon)
-            .cloned()
-    });
+    let listed = listed_as_escaped(&baton, daemon);
     // Its session's group, whose leader (the middle process) is gone.
     assert_ne!(listed["pgid"], leader, "in no generation's group: {listed}");
     assert!(
@@ -230,13 +235,7 @@ fn an_escaped_daemon_dies_with_a_killed_baton() {
     let daemon = pid_in(&baton.wait_for(&["setsid-daemon pid="]));
     let _cleanup = KillOnDrop(daemon);
     let addr = baton.address("http");
-    let listed = status_until(&baton, |s| {
-        s["escaped"]
-            .as_array()?
-            .iter()
-            .find(|p| p["pid"] == daemon)
-            .cloned()
-    });
+    let listed = listed_as_escaped(&baton, daemon);
     let pgid = format!("pgid={}", listed["pgid"]);
     baton.wait_for(&["guarding an escaped process group", &pgid]);
     baton.signal(Signal::SIGKILL);
