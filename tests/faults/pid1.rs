@@ -23,6 +23,22 @@ fn status_field(pid: i32, key: &str) -> Option<String> {
         .map(|value| value.trim().to_owned())
 }
 
+/// The pid of `parent`'s child running `args`, once there is one; `None`
+/// (its children listed on stderr) if none comes.
+fn child_running(parent: i32, args: &[&str]) -> Option<i32> {
+    let mut found = None;
+    let seen = eventually(|| {
+        found = (children(parent).into_iter())
+            .find(|(_, a)| a == args)
+            .map(|(pid, _)| pid);
+        found.is_some()
+    });
+    if !seen {
+        eprintln!("children of {parent}: {:?}", children(parent));
+    }
+    found
+}
+
 /// The processes whose parent is `parent`, with their arguments.
 fn children(parent: i32) -> Vec<(i32, Vec<String>)> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
@@ -92,19 +108,8 @@ fn as_pid_1_baton_reaps_the_orphans_of_its_workers_and_term_drains_and_exits_0()
     assert!(nspid.ends_with("\t1"), "NSpid: {nspid}; {ready}");
 
     // The orphan was reparented to baton, the namespace's init.
-    let mut orphan = 0;
-    assert!(
-        eventually(|| {
-            orphan = children(inner)
-                .into_iter()
-                .find(|(_, args)| args == &["sleep", "3017"])
-                .map_or(0, |(pid, _)| pid);
-            orphan != 0
-        }),
-        "the orphan is not baton's child: {:?}\n{}",
-        children(inner),
-        baton.output()
-    );
+    let orphan = child_running(inner, &["sleep", "3017"])
+        .unwrap_or_else(|| panic!("the orphan is not baton's child\n{}", baton.output()));
     let traffic = Traffic::start(baton.address("http"), Mode::KeepAlive, 4);
     traffic.serve(50);
     // It dies: baton reaps it, no zombie is left.
@@ -123,18 +128,8 @@ fn as_pid_1_baton_reaps_the_orphans_of_its_workers_and_term_drains_and_exits_0()
         .status()
         .unwrap();
     assert!(entered.success());
-    let mut stray = 0;
-    assert!(
-        eventually(|| {
-            stray = children(inner)
-                .into_iter()
-                .find(|(_, args)| args == &["sleep", "3018"])
-                .map_or(0, |(pid, _)| pid);
-            stray != 0
-        }),
-        "the exec'd orphan is not baton's child: {:?}",
-        children(inner)
-    );
+    let stray =
+        child_running(inner, &["sleep", "3018"]).expect("the exec'd orphan is not baton's child");
     kill(Pid::from_raw(stray), Signal::SIGTERM).unwrap();
     assert!(
         eventually(|| status_field(stray, "State").is_none()),

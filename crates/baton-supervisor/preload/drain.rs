@@ -92,8 +92,14 @@ unsafe extern "C" {
     fn open(path: *const c_char, flags: c_int, ...) -> c_int;
     fn read(fd: c_int, buf: *mut c_void, len: usize) -> isize;
     fn readlink(path: *const c_char, buf: *mut c_char, len: usize) -> isize;
-    fn mmap(addr: *mut c_void, len: usize, prot: c_int, flags: c_int, fd: c_int, off: i64)
-    -> *mut c_void;
+    fn mmap(
+        addr: *mut c_void,
+        len: usize,
+        prot: c_int,
+        flags: c_int,
+        fd: c_int,
+        off: i64,
+    ) -> *mut c_void;
     fn syscall(number: c_long, ...) -> c_long;
     fn clock_gettime(clock: c_int, ts: *mut Timespec) -> c_int;
     fn epoll_ctl(epfd: c_int, op: c_int, fd: c_int, event: *mut EpollEvent) -> c_int;
@@ -333,7 +339,10 @@ fn for_each_fd(mut f: impl FnMut(c_int)) {
     // SAFETY: a directory opened and closed here; getdents64 fills at most
     // buf's length, in records that each say their own length.
     unsafe {
-        let dir = open(c"/proc/self/fd".as_ptr(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        let dir = open(
+            c"/proc/self/fd".as_ptr(),
+            O_RDONLY | O_DIRECTORY | O_CLOEXEC,
+        );
         if dir < 0 {
             return;
         }
@@ -381,7 +390,9 @@ fn for_each_registration(epoll: c_int, mut f: impl FnMut(c_int, u32, u64, u64)) 
         let mut buf = [0u8; 4096];
         let mut kept = 0;
         loop {
-            let Some(free) = buf.get_mut(kept..) else { break };
+            let Some(free) = buf.get_mut(kept..) else {
+                break;
+            };
             let n = read(file, free.as_mut_ptr().cast(), free.len());
             let Ok(n @ 1..) = usize::try_from(n) else {
                 break;
@@ -448,7 +459,8 @@ fn parse(digits: &[u8], radix: u32) -> Option<u64> {
             b'a'..=b'f' if radix == 16 => d - b'a' + 10,
             _ => return None,
         };
-        n.checked_mul(u64::from(radix))?.checked_add(u64::from(digit))
+        n.checked_mul(u64::from(radix))?
+            .checked_add(u64::from(digit))
     })
 }
 
@@ -475,7 +487,9 @@ fn now_ms() -> i64 {
     let mut ts = Timespec { sec: 0, nsec: 0 };
     // SAFETY: ts is writable.
     unsafe { clock_gettime(CLOCK_MONOTONIC, &raw mut ts) };
-    ts.sec.saturating_mul(1000).saturating_add(ts.nsec / 1_000_000)
+    ts.sec
+        .saturating_mul(1000)
+        .saturating_add(ts.nsec / 1_000_000)
 }
 
 /// Run `wait(ms)` (a wait of at most `ms` milliseconds, -1 for ever) for
@@ -524,7 +538,9 @@ pub fn timeval_ms(timeout: *const Timeval) -> i64 {
     }
     // SAFETY: the caller's timeval.
     let t = unsafe { &*timeout };
-    t.sec.saturating_mul(1000).saturating_add((t.usec + 999) / 1000)
+    t.sec
+        .saturating_mul(1000)
+        .saturating_add((t.usec + 999) / 1000)
 }
 
 /// A `timespec` of `ms` milliseconds.

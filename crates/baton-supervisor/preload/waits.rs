@@ -15,14 +15,8 @@ type EpollPwaitFn =
     unsafe extern "C" fn(c_int, *mut EpollEvent, c_int, c_int, *const c_void) -> c_int;
 type PpollFn = unsafe extern "C" fn(*mut PollFd, u64, *const Timespec, *const c_void) -> c_int;
 type SelectFn = unsafe extern "C" fn(c_int, *mut u8, *mut u8, *mut u8, *mut Timeval) -> c_int;
-type PselectFn = unsafe extern "C" fn(
-    c_int,
-    *mut u8,
-    *mut u8,
-    *mut u8,
-    *const Timespec,
-    *const c_void,
-) -> c_int;
+type PselectFn =
+    unsafe extern "C" fn(c_int, *mut u8, *mut u8, *mut u8, *const Timespec, *const c_void) -> c_int;
 type AcceptFn = unsafe extern "C" fn(c_int, *mut u8, *mut SockLen) -> c_int;
 type Accept4Fn = unsafe extern "C" fn(c_int, *mut u8, *mut SockLen, c_int) -> c_int;
 
@@ -93,9 +87,7 @@ pub unsafe extern "C" fn epoll_pwait(
     }
     // SAFETY: the caller's arguments, with a shorter timeout; the mask
     // applies to each slice as it would to the whole wait.
-    drain::sliced(ms(timeout), |t| unsafe {
-        f(epfd, events, max, t, sigmask)
-    })
+    drain::sliced(ms(timeout), |t| unsafe { f(epfd, events, max, t, sigmask) })
 }
 
 /// # Safety
@@ -126,7 +118,11 @@ pub unsafe extern "C" fn ppoll(
     }
     drain::sliced(drain::timespec_ms(timeout), |t| {
         let slice = drain::timespec(t);
-        let slice = if t < 0 { core::ptr::null() } else { &raw const slice };
+        let slice = if t < 0 {
+            core::ptr::null()
+        } else {
+            &raw const slice
+        };
         // SAFETY: the caller's arguments, with a shorter timeout.
         unsafe { f(fds, nfds, slice, sigmask) }
     })
@@ -145,20 +141,25 @@ pub unsafe extern "C" fn select(
     let Some(f) = real::<SelectFn>(&REAL_SELECT) else {
         return missing();
     };
-    let sets = [read, write, except];
-    let kept = drain::armed().then(|| FdSets::keep(nfds, sets)).flatten();
-    let Some(kept) = kept else {
-        drain::stop_if_asked();
+    let sliced = sliced_sets(
+        nfds,
+        [read, write, except],
+        drain::timeval_ms(timeout),
+        |t| {
+            let mut slice = drain::timeval(t);
+            let slice = if t < 0 {
+                core::ptr::null_mut()
+            } else {
+                &raw mut slice
+            };
+            // SAFETY: the caller's sets, put back as given, and a shorter timeout.
+            unsafe { f(nfds, read, write, except, slice) }
+        },
+    );
+    let Some(rc) = sliced else {
         // SAFETY: the caller's arguments.
         return unsafe { f(nfds, read, write, except, timeout) };
     };
-    let rc = drain::sliced(drain::timeval_ms(timeout), |t| {
-        kept.restore(sets);
-        let mut slice = drain::timeval(t);
-        let slice = if t < 0 { core::ptr::null_mut() } else { &raw mut slice };
-        // SAFETY: the caller's sets, put back as given, and a shorter timeout.
-        unsafe { f(nfds, read, write, except, slice) }
-    });
     if rc == 0 && !timeout.is_null() {
         // As Linux's select: the time left, none after a timeout.
         // SAFETY: the caller's timeval.
@@ -181,20 +182,43 @@ pub unsafe extern "C" fn pselect(
     let Some(f) = real::<PselectFn>(&REAL_PSELECT) else {
         return missing();
     };
-    let sets = [read, write, except];
-    let kept = drain::armed().then(|| FdSets::keep(nfds, sets)).flatten();
-    let Some(kept) = kept else {
+    let sliced = sliced_sets(
+        nfds,
+        [read, write, except],
+        drain::timespec_ms(timeout),
+        |t| {
+            let slice = drain::timespec(t);
+            let slice = if t < 0 {
+                core::ptr::null()
+            } else {
+                &raw const slice
+            };
+            // SAFETY: the caller's sets, put back as given, and a shorter timeout.
+            unsafe { f(nfds, read, write, except, slice, sigmask) }
+        },
+    );
+    // SAFETY: the caller's arguments.
+    sliced.unwrap_or_else(|| unsafe { f(nfds, read, write, except, timeout, sigmask) })
+}
+
+/// A `select`-like wait of `total_ms` in slices, its three sets put back
+/// before each (a slice that times out clears them). `None` when it is not
+/// to be sliced (not armed, or sets beyond `FD_SETSIZE`): the caller makes
+/// the call as given, after a look at the flag.
+fn sliced_sets(
+    nfds: c_int,
+    sets: [*mut u8; 3],
+    total_ms: i64,
+    mut wait: impl FnMut(c_int) -> c_int,
+) -> Option<c_int> {
+    let Some(kept) = drain::armed().then(|| FdSets::keep(nfds, sets)).flatten() else {
         drain::stop_if_asked();
-        // SAFETY: the caller's arguments.
-        return unsafe { f(nfds, read, write, except, timeout, sigmask) };
+        return None;
     };
-    drain::sliced(drain::timespec_ms(timeout), |t| {
+    Some(drain::sliced(total_ms, |t| {
         kept.restore(sets);
-        let slice = drain::timespec(t);
-        let slice = if t < 0 { core::ptr::null() } else { &raw const slice };
-        // SAFETY: the caller's sets, put back as given, and a shorter timeout.
-        unsafe { f(nfds, read, write, except, slice, sigmask) }
-    })
+        wait(t)
+    }))
 }
 
 /// # Safety

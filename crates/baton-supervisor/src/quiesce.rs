@@ -16,8 +16,7 @@
 pub mod look;
 pub mod page;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
@@ -26,6 +25,7 @@ pub use self::look::{Accepted, Quiet};
 pub use self::page::DrainPage;
 use crate::machine::{Event, Generation};
 use crate::readiness::kernel::HandedSockets;
+use crate::readiness::observer::Observation;
 
 /// How often a quiescing generation is looked at.
 pub const INTERVAL: Duration = Duration::from_millis(30);
@@ -62,19 +62,6 @@ impl Quiesced {
     }
 }
 
-/// A running watcher; dropping it stops the thread within one
-/// [`INTERVAL`].
-#[derive(Debug)]
-pub struct Watch {
-    stop: Arc<AtomicBool>,
-}
-
-impl Drop for Watch {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
-
 /// Raise `page`'s flag and watch the process group `group` until it is
 /// quiet; then send what was found to `sink`, once.
 pub fn start(
@@ -84,11 +71,10 @@ pub fn start(
     handed: HandedSockets,
     accepted: Accepted,
     sink: mpsc::UnboundedSender<Quiesced>,
-) -> std::io::Result<Watch> {
+) -> std::io::Result<Observation> {
     page.raise()?;
     let began = Instant::now();
-    let stop = Arc::new(AtomicBool::new(false));
-    let stopped = stop.clone();
+    let (watch, stopped) = Observation::new();
     std::thread::Builder::new()
         .name(format!("quiesce-{generation}"))
         .spawn(move || {
@@ -107,5 +93,5 @@ pub fn start(
                 std::thread::sleep(INTERVAL);
             }
         })?;
-    Ok(Watch { stop })
+    Ok(watch)
 }

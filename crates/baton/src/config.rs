@@ -299,10 +299,10 @@ pub fn resolve(
     // The dev loop waits for the fix of code that does not start yet (a
     // saved file tries again at once): its start limit holds only when
     // given.
-    let watching = !args.watch.is_empty() || !file_dev.watch.is_empty();
-    let start_limit = match watching {
-        true => NonZeroU32::MAX,
-        false => defaults.start_limit,
+    let dev = dev_settings(args, &file_dev)?;
+    let start_limit = match dev {
+        Some(_) => NonZeroU32::MAX,
+        None => defaults.start_limit,
     };
     let settings = Settings {
         readiness: args.ready.or(file.ready).unwrap_or(defaults.readiness),
@@ -357,7 +357,6 @@ pub fn resolve(
             args.group.as_deref().or(file.group.as_deref()),
         )?,
     };
-    let dev = dev_settings(args, &file_dev)?;
     Ok(Resolved {
         dev,
         blueprint,

@@ -2,18 +2,13 @@
 //! back, shell completions, manual pages.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
+mod common;
+
+/// [`common::baton`], which must succeed.
 fn baton(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_baton"));
-    command.args(args);
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("BATON_") {
-            command.env_remove(name);
-        }
-    }
-    command.envs(env.iter().copied());
-    let output = command.output().expect("run baton");
+    let output = common::baton(args, env);
     assert!(
         output.status.success(),
         "baton {args:?}: {}",

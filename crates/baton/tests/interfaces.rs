@@ -4,25 +4,11 @@
 //! the code.
 
 use std::os::unix::net::UnixListener;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+mod common;
 
-/// `baton ARGS` with these `BATON_*` variables and no other.
-fn baton(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_baton"));
-    command.args(args);
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("BATON_") {
-            command.env_remove(name);
-        }
-    }
-    command.env_remove("RUST_LOG").envs(env.iter().copied());
-    command.output().expect("run baton")
-}
+use common::{baton, workspace};
 
 fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()

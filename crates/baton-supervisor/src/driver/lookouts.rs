@@ -27,7 +27,7 @@ pub(super) struct Lookouts {
     /// `--preload`: each live generation's drain page.
     pages: BTreeMap<Generation, DrainPage>,
     /// The watcher of each generation baton drains itself.
-    quiescing: BTreeMap<Generation, quiesce::Watch>,
+    quiescing: BTreeMap<Generation, Observation>,
     quiet: mpsc::UnboundedSender<Quiesced>,
     quiet_rx: mpsc::UnboundedReceiver<Quiesced>,
 }

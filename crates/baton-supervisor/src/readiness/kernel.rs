@@ -57,11 +57,6 @@ impl HandedSockets {
         self.by_inode.keys().copied()
     }
 
-    /// Whether `inode` is one of them.
-    pub fn contains(&self, inode: u64) -> bool {
-        self.by_inode.contains_key(&inode)
-    }
-
     fn label(&self, inode: u64) -> Option<&str> {
         self.by_inode.get(&inode).map(String::as_str)
     }
@@ -189,7 +184,7 @@ pub struct Files {
     /// Socket descriptors and their inodes.
     pub(crate) sockets: BTreeMap<i32, u64>,
     /// Epoll descriptors.
-    pub(crate) epolls: Vec<i32>,
+    epolls: Vec<i32>,
 }
 
 impl Files {

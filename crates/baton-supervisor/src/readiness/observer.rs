@@ -55,11 +55,19 @@ impl Seen {
     }
 }
 
-/// A running observation; dropping it stops the thread within one
-/// [`INTERVAL`].
+/// A running observation; dropping it stops the thread within one of its
+/// rounds (this one's, or baton's drain watcher's: `crate::quiesce`).
 #[derive(Debug)]
 pub struct Observation {
     stop: Arc<AtomicBool>,
+}
+
+impl Observation {
+    /// An observation, and the flag its thread looks at between rounds.
+    pub(crate) fn new() -> (Observation, Arc<AtomicBool>) {
+        let stop = Arc::new(AtomicBool::new(false));
+        (Observation { stop: stop.clone() }, stop)
+    }
 }
 
 impl Drop for Observation {
@@ -77,8 +85,7 @@ pub fn observe(
     handed: HandedSockets,
     sink: mpsc::UnboundedSender<Seen>,
 ) -> std::io::Result<Observation> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let stopped = stop.clone();
+    let (observation, stopped) = Observation::new();
     std::thread::Builder::new()
         .name(format!("observe-{generation}"))
         .spawn(move || {
@@ -105,5 +112,5 @@ pub fn observe(
                 std::thread::sleep(INTERVAL);
             }
         })?;
-    Ok(Observation { stop })
+    Ok(observation)
 }
